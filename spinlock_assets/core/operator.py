@@ -1,0 +1,136 @@
+"""The stochastic CNN operator O and its update policies.
+
+Architecture (``L = n_layers`` convolutions, circular padding so fields live on a torus)::
+
+    h = x                                              # [B, C, H, W]
+    for l in 0 .. L-2:                                 # hidden layers
+        h = act(instance_norm(conv_l(h))) + sigma * xi_l   # xi_l ~ N(0, I), [B, width, H, W]
+    O(x) = conv_{L-1}(h) + bias                        # back to C channels
+
+Instance normalisation uses each sample's own statistics, never the batch's, so realization m does
+not depend on which realizations share its batch. Its epsilon is 1 (``(z - mean)/sqrt(var + 1)``), not
+the usual 1e-5: with a vanishing epsilon the operator would be exactly scale-invariant
+(O(a*x) = O(x) for every a > 0) and amplitude-blind; with a unit epsilon small fields pass almost
+linearly and large ones saturate. Normalisation removes any per-channel offset, so hidden
+convolutions carry no bias, and ``weight_gain`` scales the output convolution.
+
+Weights are drawn on the CPU from ``torch.Generator().manual_seed(weight_seed)`` in this fixed order:
+for l = 0..L-1 the weight ``[out, in, k, k]`` with ``randn`` (std ``1/sqrt(in*k*k)``, times
+``weight_gain`` for the last layer), then the output bias ``[C]`` with ``rand`` mapped to
+``[-1, 1]/sqrt(fan_in)``. Drawing on the CPU makes the weights identical on every device.
+
+Policies (``x`` the state, ``o = O(x)``): autoregressive ``o``; residual ``x + dt*o``;
+convex ``x + alpha*(o - x)`` (``torch.lerp``), i.e. ``(1-alpha)*x + alpha*o``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .parameters import OperatorHyperparameters
+
+__all__ = ["NoiseSource", "StochasticCNN", "build_operator", "RealizationNoise", "CommonNoise"]
+
+INSTANCE_NORM_EPS = 1.0
+
+# A noise source fills a hidden activation's noise: called as noise(layer_index, like) -> tensor shaped
+# like ``like`` (or broadcastable to it).
+NoiseSource = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    return {"relu": F.relu, "gelu": F.gelu, "tanh": F.tanh, "silu": F.silu}[name]
+
+
+@dataclass
+class StochasticCNN:
+    """One rebuilt operator: its hyperparameters and weights on ``device``."""
+
+    hyperparameters: OperatorHyperparameters
+    weights: list[torch.Tensor]  # [out, in, k, k] per layer
+    output_bias: torch.Tensor  # [C]
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights[0].device
+
+    def apply(self, x: torch.Tensor, noise: NoiseSource | None) -> torch.Tensor:
+        """O(x) for ``x`` of shape ``[B, C, H, W]``; ``noise=None`` gives the noise-free operator."""
+        activation = _activation(self.hyperparameters.activation)
+        sigma = self.hyperparameters.noise_sigma
+        pad = self.hyperparameters.kernel_size // 2
+        h = x
+        for layer, weight in enumerate(self.weights[:-1]):
+            h = F.conv2d(F.pad(h, (pad, pad, pad, pad), mode="circular"), weight)
+            h = activation(F.instance_norm(h, eps=INSTANCE_NORM_EPS))
+            if noise is not None:
+                h = h.add_(noise(layer, h), alpha=sigma)
+        return F.conv2d(F.pad(h, (pad, pad, pad, pad), mode="circular"), self.weights[-1], self.output_bias)
+
+    def update(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """The policy update of state ``x`` given ``o = O(x)``."""
+        policy = self.hyperparameters.policy
+        if policy == "autoregressive":
+            return o
+        if policy == "residual":
+            return torch.add(x, o, alpha=self.hyperparameters.dt)
+        return torch.lerp(x, o, self.hyperparameters.alpha)
+
+    def step(self, x: torch.Tensor, noise: NoiseSource | None) -> torch.Tensor:
+        """F(x) = policy(x, O(x))."""
+        return self.update(x, self.apply(x, noise))
+
+
+def build_operator(
+    hyperparameters: OperatorHyperparameters, *, channels: int, weight_seed: int, device: str | torch.device = "cpu"
+) -> StochasticCNN:
+    """Build the operator's weights from ``weight_seed`` (see the module docstring for the draw order)."""
+    generator = torch.Generator(device="cpu").manual_seed(weight_seed)
+    hp = hyperparameters
+    sizes = [channels] + [hp.width] * (hp.n_layers - 1) + [channels]
+    weights = []
+    for layer, (fan_in_channels, out_channels) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        fan_in = fan_in_channels * hp.kernel_size**2
+        scale = 1.0 / math.sqrt(fan_in)
+        if layer == hp.n_layers - 1:
+            scale *= hp.weight_gain
+        shape = (out_channels, fan_in_channels, hp.kernel_size, hp.kernel_size)
+        weights.append(torch.randn(shape, generator=generator, dtype=torch.float32).mul_(scale))
+    fan_in = hp.width * hp.kernel_size**2
+    bias = torch.rand(channels, generator=generator, dtype=torch.float32).mul_(2).sub_(1).div_(math.sqrt(fan_in))
+    return StochasticCNN(hp, [w.to(device) for w in weights], bias.to(device))
+
+
+class RealizationNoise:
+    """Noise for a batch of M realizations: row m is drawn only from realization m's own generator.
+
+    Draw order per generator is fixed: for each step, for each hidden layer, one ``[width, H, W]``
+    standard normal tensor. So realization m's noise does not depend on M or its batch neighbours.
+    """
+
+    def __init__(self, noise_seeds: Sequence[int], device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in noise_seeds]
+        self._buffer: torch.Tensor | None = None
+
+    def __call__(self, layer: int, like: torch.Tensor) -> torch.Tensor:
+        if self._buffer is None or self._buffer.shape != like.shape:
+            self._buffer = torch.empty_like(like)
+        for row, generator in zip(self._buffer, self.generators, strict=True):
+            row.normal_(generator=generator)
+        return self._buffer
+
+
+class CommonNoise:
+    """Common random numbers: one fresh generator per call of the operator, each hidden layer's noise
+    drawn once as ``[1, width, H, W]`` and broadcast over the batch."""
+
+    def __init__(self, noise_seed: int, device: torch.device) -> None:
+        self.generator = torch.Generator(device=device).manual_seed(int(noise_seed))
+
+    def __call__(self, layer: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn((1, *like.shape[1:]), generator=self.generator, device=like.device, dtype=like.dtype)

@@ -1,0 +1,187 @@
+"""The dataset spec: a typed, validated description of one dataset.
+
+A spec is validated completely when it is built, so a bad value is refused with an error naming the
+field, the allowed values and the actual value before any work starts.
+
+``spec_hash`` identifies the *data* a spec produces per operator. It deliberately excludes
+``n_operators`` and ``shard_size``: operator i's parameters, initial condition and rollout do not
+depend on how many operators exist or how they are sharded (tests prove it), so growing a dataset or
+re-sharding it keeps every stored shard valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ACTIVATIONS",
+    "IC_FAMILY_NAMES",
+    "POLICIES",
+    "DatasetSpec",
+    "ParameterSpace",
+    "SpecError",
+    "load_spec",
+]
+
+POLICIES = ("autoregressive", "residual", "convex")
+ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
+# Kept here (not imported from initial_conditions) so the spec stays a leaf module; a test checks the two agree.
+IC_FAMILY_NAMES = ("gaussian_random_field", "multiscale", "blobs", "structured")
+MIN_GRID = 8
+
+
+class SpecError(ValueError):
+    """A dataset spec field has a value outside what is allowed."""
+
+    def __init__(self, field_name: str, allowed: str, actual: Any) -> None:
+        super().__init__(f"invalid dataset spec: {field_name} must be {allowed}; got {actual!r}")
+        self.field_name = field_name
+
+
+def _check_range(name: str, bounds: tuple[float, float], *, positive: bool = False, upper: float | None = None) -> None:
+    low, high = bounds
+    if not low <= high:
+        raise SpecError(name, "an increasing pair (low, high)", bounds)
+    if positive and low <= 0:
+        raise SpecError(name, "positive bounds", bounds)
+    if upper is not None and high > upper:
+        raise SpecError(name, f"bounds within (0, {upper}]", bounds)
+
+
+def _check_choices(name: str, values: tuple, allowed: tuple) -> None:
+    if not values:
+        raise SpecError(name, f"a non-empty subset of {list(allowed)}", values)
+    unknown = [v for v in values if v not in allowed]
+    if unknown or len(set(values)) != len(values):
+        raise SpecError(name, f"distinct values from {list(allowed)}", values)
+
+
+@dataclass(frozen=True)
+class ParameterSpace:
+    """Ranges of the operator hyperparameters; every unit-cube coordinate maps into one of them."""
+
+    n_layers: tuple[int, int] = (2, 5)
+    widths: tuple[int, ...] = (16, 32, 48, 64)
+    kernel_sizes: tuple[int, ...] = (3, 5, 7)
+    activations: tuple[str, ...] = ACTIVATIONS
+    noise_sigma: tuple[float, float] = (1e-4, 1e-1)
+    weight_gain: tuple[float, float] = (0.5, 2.0)
+    policies: tuple[str, ...] = POLICIES
+    dt: tuple[float, float] = (0.01, 0.5)
+    alpha: tuple[float, float] = (0.1, 0.9)
+    ic_families: tuple[str, ...] = IC_FAMILY_NAMES
+
+    def __post_init__(self) -> None:
+        low, high = self.n_layers
+        if not (isinstance(low, int) and isinstance(high, int) and 2 <= low <= high):
+            raise SpecError("parameter_space.n_layers", "integers (low, high) with 2 <= low <= high", self.n_layers)
+        if not self.widths or any(not isinstance(w, int) or w < 1 for w in self.widths):
+            raise SpecError("parameter_space.widths", "a non-empty list of positive integers", self.widths)
+        if not self.kernel_sizes or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in self.kernel_sizes):
+            raise SpecError("parameter_space.kernel_sizes", "a non-empty list of odd positive integers", self.kernel_sizes)
+        _check_choices("parameter_space.activations", self.activations, ACTIVATIONS)
+        _check_choices("parameter_space.policies", self.policies, POLICIES)
+        _check_choices("parameter_space.ic_families", self.ic_families, IC_FAMILY_NAMES)
+        _check_range("parameter_space.noise_sigma", self.noise_sigma, positive=True)
+        _check_range("parameter_space.weight_gain", self.weight_gain, positive=True)
+        _check_range("parameter_space.dt", self.dt, positive=True, upper=1.0)
+        _check_range("parameter_space.alpha", self.alpha, positive=True, upper=1.0)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParameterSpace:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError("parameter_space", f"keys from {sorted(known)}", unknown)
+        return cls(**{k: tuple(v) for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything that defines a dataset. Shapes: grid ``(H, W)``, ``channels`` C, ``steps`` T (state 0 is
+    the initial condition, so T-1 operator applications), ``realizations`` M."""
+
+    root_seed: int
+    n_operators: int
+    shard_size: int
+    grid: tuple[int, int] = (64, 64)
+    channels: int = 3
+    steps: int = 256
+    realizations: int = 5
+    parameter_space: ParameterSpace = field(default_factory=ParameterSpace)
+    store_trajectories: bool = False
+    name: str = "dataset"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.root_seed, int) or self.root_seed < 0:
+            raise SpecError("root_seed", "a non-negative integer", self.root_seed)
+        for name, minimum in (("n_operators", 1), ("shard_size", 1), ("channels", 1), ("steps", 2), ("realizations", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise SpecError(name, f"an integer >= {minimum}", value)
+        if len(self.grid) != 2 or any(not isinstance(n, int) for n in self.grid):
+            raise SpecError("grid", "two integers (height, width)", self.grid)
+        smallest = max(MIN_GRID, max(self.parameter_space.kernel_sizes))
+        if min(self.grid) < smallest:
+            raise SpecError("grid", f"at least {smallest} x {smallest} (the largest kernel and the feature minimum)", self.grid)
+
+    @property
+    def height(self) -> int:
+        return self.grid[0]
+
+    @property
+    def width(self) -> int:
+        return self.grid[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DatasetSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError("spec", f"keys from {sorted(known)}", unknown)
+        values = dict(data)
+        if "grid" in values:
+            values["grid"] = tuple(values["grid"])
+        if "parameter_space" in values and not isinstance(values["parameter_space"], ParameterSpace):
+            values["parameter_space"] = ParameterSpace.from_dict(values["parameter_space"])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> DatasetSpec:
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def spec_hash(self) -> str:
+        """Hash of what determines each operator's data (see the module docstring for what is excluded)."""
+        content = self.to_dict()
+        for excluded in ("n_operators", "shard_size", "name"):
+            content.pop(excluded)
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def with_operators(self, n_operators: int) -> DatasetSpec:
+        return dataclasses.replace(self, n_operators=n_operators)
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """Read a spec from a JSON file; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError("spec file", "a readable JSON file", str(path)) from error
+    try:
+        return DatasetSpec.from_json(text)
+    except json.JSONDecodeError as error:
+        raise SpecError("spec file", f"valid JSON ({error})", str(path)) from error

@@ -1,0 +1,168 @@
+"""``ShardStore``: the folder of shard files, ``<root>/<asset>/<shard_key>.h5``.
+
+Each (asset, shard) has its own file, so concurrent partitions never share an HDF5 writer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from spinlock_assets.storage.arrays import StoredArray
+from spinlock_assets.storage.atomic import parse_temp_name
+from spinlock_assets.storage.errors import ShardCorruptError
+from spinlock_assets.storage.layout import Problem, parse_shard_key
+from spinlock_assets.storage.shard_file import (
+    ShardContents,
+    ShardFileInfo,
+    ShardHeader,
+    file_sha256,
+    read_shard_file,
+    read_shard_header,
+    write_shard_file,
+)
+
+__all__ = ["ShardStore"]
+
+_ASSET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ShardStore:
+    """Shard files under ``root``; every method checks the asset name and the shard key first."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"ShardStore({str(self.root)!r})"
+
+    def path(self, asset: str, shard_key: str) -> Path:
+        """``<root>/<asset>/<shard_key>.h5`` (whether or not it exists)."""
+        parse_shard_key(shard_key)  # rejects names that are not shard keys, such as '../x'
+        return self._asset_dir(asset) / f"{shard_key}.h5"
+
+    def write(
+        self,
+        asset: str,
+        shard_key: str,
+        arrays: Mapping[str, StoredArray],
+        attrs: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+    ) -> ShardFileInfo:
+        """Write one shard file atomically; ``asset``, ``shard_key`` and the operator range are filled in.
+
+        Values for those keys given in ``attrs`` must agree with the location (``ValueError`` otherwise).
+        """
+        start, stop = parse_shard_key(shard_key)
+        located = {"asset": asset, "shard_key": shard_key, "operator_start": start, "operator_stop": stop}
+        for key, value in located.items():
+            if key in attrs and attrs[key] != value:
+                raise ValueError(
+                    f"file attribute {key!r}: expected {value!r} for this location, got {attrs[key]!r}"
+                )
+        path = self.path(asset, shard_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_shard_file(path, arrays, {**attrs, **located}, overwrite=overwrite)
+
+    def read(
+        self,
+        asset: str,
+        shard_key: str,
+        *,
+        expected_spec_hash: str | None = None,
+        names: Iterable[str] | None = None,
+    ) -> ShardContents:
+        """Read a shard's arrays (``names``, all when None); see ``read_shard_file`` for the errors."""
+        contents = read_shard_file(
+            self.path(asset, shard_key), expected_spec_hash=expected_spec_hash, names=names
+        )
+        self._check_location(contents.path, contents.attrs, asset, shard_key)
+        return contents
+
+    def read_header(
+        self, asset: str, shard_key: str, *, expected_spec_hash: str | None = None
+    ) -> ShardHeader:
+        """A shard's file attributes and array descriptions, without array data."""
+        header = read_shard_header(self.path(asset, shard_key), expected_spec_hash=expected_spec_hash)
+        self._check_location(header.path, header.attrs, asset, shard_key)
+        return header
+
+    def exists(self, asset: str, shard_key: str) -> bool:
+        return self.path(asset, shard_key).is_file()
+
+    def shard_keys(self, asset: str) -> list[str]:
+        """Published shard keys of ``asset`` in operator order; temporary and foreign files are skipped."""
+        folder = self._asset_dir(asset)
+        if not folder.is_dir():
+            return []
+        keys = []
+        for entry in folder.glob("ops-*.h5"):
+            try:
+                keys.append((parse_shard_key(entry.stem), entry.stem))
+            except ValueError:
+                continue  # not a shard file of this layout; validation reports it where it matters
+        return [key for _, key in sorted(keys)]
+
+    def sha256(self, asset: str, shard_key: str) -> str:
+        return file_sha256(self.path(asset, shard_key))
+
+    def verify_integrity(self, asset: str, shard_key: str, expected_sha256: str) -> Problem | None:
+        """A Problem when the shard file is missing or its bytes changed since ``expected_sha256``."""
+        path = self.path(asset, shard_key)
+        if not path.is_file():
+            return Problem(str(path), "shard file does not exist")
+        actual = file_sha256(path)
+        if actual != expected_sha256:
+            return Problem(str(path), f"sha256 is {actual}, expected {expected_sha256}: the file changed")
+        return None
+
+    def remove_stale_temp_files(self, asset: str, *, min_age_s: float = 3600.0) -> list[Path]:
+        """Delete temporary files left by killed writers of ``asset``; return the paths removed.
+
+        A temp file is removed only when it is older than ``min_age_s`` AND its writer pid is not a
+        live process here. A live writer keeps its file (even if it is slow), and on shared storage a
+        writer on another host is protected by the age limit, since writers finish within seconds.
+        """
+        folder = self._asset_dir(asset)
+        if not folder.is_dir():
+            return []
+        removed = []
+        now = time.time()
+        for entry in folder.iterdir():
+            parsed = parse_temp_name(entry.name)
+            if parsed is None or not entry.is_file():
+                continue
+            if now - entry.stat().st_mtime >= min_age_s and not _pid_alive(parsed[1]):
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+        return sorted(removed)
+
+    def _asset_dir(self, asset: str) -> Path:
+        if not _ASSET_NAME.fullmatch(asset):
+            raise ValueError(f"asset name must be an identifier (it becomes a folder name), got {asset!r}")
+        return self.root / asset
+
+    @staticmethod
+    def _check_location(path: Path, attrs: Mapping[str, Any], asset: str, shard_key: str) -> None:
+        if (attrs["asset"], attrs["shard_key"]) != (asset, shard_key):
+            raise ShardCorruptError(
+                f"{path}: file attributes say asset {attrs['asset']!r}, shard {attrs['shard_key']!r}, "
+                f"but the file lies at asset {asset!r}, shard {shard_key!r} (moved or renamed by hand?)"
+            )
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # on Windows os.kill(pid, 0) would send CTRL_C_EVENT; keep the file instead
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
