@@ -13,10 +13,10 @@ import hashlib
 import json
 from importlib import metadata
 
-__all__ = ["execution_fingerprint", "fingerprint_id", "configure_determinism"]
+__all__ = ["configure_determinism", "execution_fingerprint", "fingerprint_id", "package_version"]
 
 
-def _package_version() -> str:
+def package_version() -> str:
     try:
         return metadata.version("spinlock_assets")
     except metadata.PackageNotFoundError:
@@ -32,7 +32,7 @@ def execution_fingerprint(device: str = "cpu") -> dict[str, str]:
         "torch": str(torch.__version__),
         "device_type": device_type,
         "dtype": "float32",
-        "package": _package_version(),
+        "package": package_version(),
     }
     if device_type == "cuda":
         index = torch.device(device).index or 0

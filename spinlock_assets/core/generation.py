@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,10 @@ from .parameters import OperatorHyperparameters, map_parameters, sobol_points
 from .record import OperatorRecord
 from .seeds import OperatorSeeds, operator_seeds
 from .spec import DatasetSpec
+
+if TYPE_CHECKING:
+    from .operator import StochasticCNN
+    from .rollout import RolloutRecord
 
 __all__ = ["ParameterTable", "operator_parameters", "generate_initial_conditions", "operator_records", "roll_out"]
 
@@ -66,24 +71,48 @@ def generate_initial_conditions(spec: DatasetSpec, table: ParameterTable) -> np.
     return fields
 
 
-def operator_records(spec: DatasetSpec, table: ParameterTable, fields: np.ndarray) -> list[OperatorRecord]:
-    """The replayable records of a freshly generated range (no stored digests yet)."""
+def operator_records(
+    spec: DatasetSpec,
+    table: ParameterTable,
+    fields: np.ndarray,
+    *,
+    digests: np.ndarray | None = None,
+    base_series: np.ndarray | None = None,
+    fingerprint: dict | None = None,
+) -> list[OperatorRecord]:
+    """Replayable records of a range; ``digests`` ``[n, M]`` and ``base_series`` ``[n, M, T, C, 10]`` are
+    what generation stored, when replaying a stored range."""
     return [
-        OperatorRecord(index=table.start + row, spec=spec, params=table.params[row], seeds=table.seeds[row], initial_condition=fields[row])
+        OperatorRecord(
+            index=table.start + row,
+            spec=spec,
+            params=table.params[row],
+            seeds=table.seeds[row],
+            initial_condition=fields[row],
+            digests=None if digests is None else tuple(str(d) for d in digests[row]),
+            base_series=None if base_series is None else base_series[row],
+            fingerprint=fingerprint,
+        )
         for row in range(len(table))
     ]
 
 
 def roll_out(
-    records: list[OperatorRecord], *, device: str = "cpu", keep_trajectories: bool = False, progress: Progress | None = None
-) -> Iterator:
-    """Yield each record's :class:`~spinlock_assets.core.rollout.RolloutRecord`, in order."""
+    records: list[OperatorRecord],
+    *,
+    device: str = "cpu",
+    keep_trajectories: bool = False,
+    progress: Progress | None = None,
+    build_operator: Callable[[OperatorRecord], StochasticCNN] | None = None,
+) -> Iterator[RolloutRecord]:
+    """Yield each record's rollout record, in order. ``build_operator`` lets a caller supply operators
+    (e.g. from a cache); by default each record rebuilds its own on ``device``."""
     from .fingerprint import configure_determinism
     from .rollout import run_rollout
 
     configure_determinism(device)
     for done, record in enumerate(records, start=1):
-        operator = record.build_operator(device)
+        operator = build_operator(record) if build_operator else record.build_operator(device)
         yield run_rollout(
             operator,
             record.initial_condition,

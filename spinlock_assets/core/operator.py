@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .parameters import OperatorHyperparameters
 
-__all__ = ["NoiseSource", "StochasticCNN", "build_operator", "RealizationNoise", "CommonNoise"]
+__all__ = ["CommonNoise", "NoiseSource", "OperatorStep", "RealizationNoise", "StochasticCNN", "build_operator"]
 
 INSTANCE_NORM_EPS = 1.0
 
@@ -134,3 +134,17 @@ class CommonNoise:
 
     def __call__(self, layer: int, like: torch.Tensor) -> torch.Tensor:
         return torch.randn((1, *like.shape[1:]), generator=self.generator, device=like.device, dtype=like.dtype)
+
+
+class OperatorStep:
+    """The :class:`~spinlock_assets.core.features.family.StepFunction` of a rebuilt operator: one call of
+    F (or of O with ``raw=True``) with common random numbers drawn from ``noise_seed``."""
+
+    def __init__(self, operator: StochasticCNN) -> None:
+        self.operator = operator
+        self.device = operator.device
+
+    def __call__(self, x: torch.Tensor, *, noise_seed: int, raw: bool = False) -> torch.Tensor:
+        noise = CommonNoise(noise_seed, self.device)
+        o = self.operator.apply(x.to(self.device, torch.float32), noise)
+        return o if raw else self.operator.update(x, o)

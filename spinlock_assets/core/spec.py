@@ -125,6 +125,12 @@ class DatasetSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise SpecError(name, f"an integer >= {minimum}", value)
+        if self.n_operators % self.shard_size:
+            raise SpecError(
+                "n_operators", f"a multiple of shard_size={self.shard_size} (so growing appends whole shards)", self.n_operators
+            )
+        if self.n_operators > 1_000_000:
+            raise SpecError("n_operators", "at most 1,000,000 (shard keys have six digits)", self.n_operators)
         if len(self.grid) != 2 or any(not isinstance(n, int) for n in self.grid):
             raise SpecError("grid", "two integers (height, width)", self.grid)
         smallest = max(MIN_GRID, max(self.parameter_space.kernel_sizes))

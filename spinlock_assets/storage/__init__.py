@@ -1,0 +1,73 @@
+"""HDF5 storage: one shard file per (asset, shard), a consolidated dataset.h5 view, and the written layout.
+
+numpy + h5py only (no torch, no dagster), so a reader needs nothing else. ``docs/hdf5-layout.md``
+describes the layout; ``validate_dataset_file`` and ``validate_shard_file`` enforce it.
+"""
+
+from spinlock_assets.storage.arrays import ArrayInfo, StoredArray
+from spinlock_assets.storage.consolidated import build_consolidated_dataset
+from spinlock_assets.storage.errors import (
+    InconsistentShardsError,
+    OutputExistsError,
+    ShardArrayMissingError,
+    ShardCorruptError,
+    ShardExistsError,
+    ShardMissingError,
+    SpecMismatchError,
+    StorageError,
+)
+from spinlock_assets.storage.layout import (
+    FIXED_ARRAYS,
+    FIXED_SOURCES,
+    SCHEMA_VERSION,
+    ConsolidatedSource,
+    FixedArray,
+    Problem,
+    family_source,
+    format_shard_key,
+    parse_shard_key,
+)
+from spinlock_assets.storage.shard_file import (
+    ShardContents,
+    ShardFileInfo,
+    ShardHeader,
+    file_sha256,
+    read_shard_file,
+    read_shard_header,
+    write_shard_file,
+)
+from spinlock_assets.storage.store import ShardStore
+from spinlock_assets.storage.validation import validate_dataset_file, validate_shard_file
+
+__all__ = [
+    "ArrayInfo",
+    "StoredArray",
+    "build_consolidated_dataset",
+    "InconsistentShardsError",
+    "OutputExistsError",
+    "ShardArrayMissingError",
+    "ShardCorruptError",
+    "ShardExistsError",
+    "ShardMissingError",
+    "SpecMismatchError",
+    "StorageError",
+    "FIXED_ARRAYS",
+    "FIXED_SOURCES",
+    "SCHEMA_VERSION",
+    "ConsolidatedSource",
+    "FixedArray",
+    "Problem",
+    "family_source",
+    "format_shard_key",
+    "parse_shard_key",
+    "ShardContents",
+    "ShardFileInfo",
+    "ShardHeader",
+    "file_sha256",
+    "read_shard_file",
+    "read_shard_header",
+    "write_shard_file",
+    "ShardStore",
+    "validate_dataset_file",
+    "validate_shard_file",
+]

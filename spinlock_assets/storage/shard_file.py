@@ -191,18 +191,17 @@ def _open(path: Path) -> Iterator[h5py.File]:
 
 
 def _describe(handle: h5py.File, path: Path) -> ShardHeader:
+    # h5py reports a damaged object header as KeyError ("bad object header version number") or OSError.
     try:
         attrs = {key: decode_attr(value) for key, value in handle.attrs.items()}
         arrays: dict[str, ArrayInfo] = {}
-        for name, item in handle.items():
+        for name in handle:
+            item = handle[name]
             if not isinstance(item, h5py.Dataset):
-                raise ShardCorruptError(
-                    f"{path}: unexpected group {item.name!r}; shard files hold datasets only"
-                )
-            arrays[name] = ArrayInfo(
-                tuple(item.shape), item.dtype, {key: decode_attr(value) for key, value in item.attrs.items()}
-            )
-    except (OSError, RuntimeError) as exc:
+                raise ShardCorruptError(f"{path}: unexpected object {name!r}; shard files hold datasets only")
+            attributes = {key: decode_attr(value) for key, value in item.attrs.items()}
+            arrays[name] = ArrayInfo(tuple(item.shape), item.dtype, attributes)
+    except (OSError, RuntimeError, KeyError) as exc:
         raise ShardCorruptError(f"{path}: damaged HDF5 metadata ({exc}); rematerialize the shard") from None
     return ShardHeader(path=path, attrs=attrs, arrays=arrays)
 

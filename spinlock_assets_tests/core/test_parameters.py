@@ -100,7 +100,7 @@ def test_out_of_range_point_is_refused():
 
 def test_operator_parameters_independent_of_range(spec):
     whole = operator_parameters(spec, 0, 12)
-    part = operator_parameters(dataclasses.replace(spec, shard_size=5), 5, 10)
+    part = operator_parameters(dataclasses.replace(spec, shard_size=6), 5, 10)
     assert np.array_equal(whole.params[5:10], part.params)
     assert whole.seeds[5:10] == part.seeds
     assert whole.hyperparameters[5:10] == part.hyperparameters

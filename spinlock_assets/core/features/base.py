@@ -39,6 +39,7 @@ from .family import EPS, ArraySpec, FeatureFamily, Needs, OperatorInputs
 
 __all__ = [
     "FAMILY",
+    "REALIZATION_STATISTICS",
     "SERIES_FIELDS",
     "SUMMARY_FIELDS",
     "SUMMARY_SERIES",
@@ -67,7 +68,7 @@ REALIZATION_STATISTICS: tuple[str, ...] = ("mean_over_realizations", "std_over_r
 
 _NONFINITE = SERIES_FIELDS.index("nonfinite_frac")
 _SUMMARY_COLUMNS = [SERIES_FIELDS.index(name) for name in SUMMARY_SERIES]
-# Bounds the temporary memory of ``compute`` (about 6 float32 copies of a chunk); results do not depend on it.
+# Bounds the temporary memory of ``compute`` (about 9 float32 copies of a chunk); results do not depend on it.
 _COMPUTE_CHUNK_ELEMENTS = 1 << 22
 
 
@@ -83,12 +84,13 @@ def _pairwise_sum(q: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
     while n > 1:
         half = n // 2
         if overwrite:
-            q[..., :half] += q[..., half : 2 * half]
+            head = q[..., :half]
+            head += q[..., half : 2 * half]
         else:
-            q, overwrite = q[..., :half] + q[..., half : 2 * half], True
+            head, overwrite = q[..., :half] + q[..., half : 2 * half], True
         if n % 2:
-            q[..., :1] += q[..., 2 * half : n]
-        n = half
+            head[..., :1] += q[..., 2 * half : n]
+        q, n = head, half
     return q[..., 0]
 
 
@@ -107,8 +109,8 @@ def step_features(states: torch.Tensor) -> torch.Tensor:
     lo, hi = flat.amin(dim=-1), flat.amax(dim=-1)  # exact in any order; aminmax is ~20x slower on CPU
     mean = _pairwise_sum(flat) / n
 
-    # One stacked buffer so a single tree sums all six pixel quantities; ops write into it or reuse
-    # the roll buffers, because every fresh CPU allocation of this size costs page faults.
+    # One stacked buffer so a single tree sums all six pixel quantities; ops write into it (with one
+    # temporary) because every fresh CPU allocation of this size costs page faults.
     q = torch.empty((b, c, 6, h, w), dtype=torch.float32, device=x.device)
     torch.sub(x, mean[..., None, None], out=q[:, :, 0]).square_()
     torch.mul(x, x, out=q[:, :, 1])

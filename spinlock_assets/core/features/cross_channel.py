@@ -2,8 +2,8 @@
 
 Per (m, t), with R the C x C Pearson correlation matrix of the channels over the H*W pixels (population
 moments; diagonal set to exactly 1, off-diagonal clamped to [-1, 1] against float32 rounding):
-- eig_0 >= eig_1 >= eig_2: the top min(3, C) eigenvalues of R (``torch.linalg.eigvalsh`` in float32, ample for a
-  symmetric C x C matrix with entries in [-1, 1]); missing ones (C < 3) are NaN;
+- eig_0 >= eig_1 >= eig_2: the top min(3, C) eigenvalues of R (``torch.linalg.eigvalsh`` in float32, ample
+  for a symmetric C x C matrix with entries in [-1, 1]); missing ones (C < 3) are NaN;
 - participation_ratio = (sum lambda)^2 / sum lambda^2, computed as C^2 / ||R||_F^2 (the same quantity: trace
   R = C and sum lambda^2 = ||R||_F^2, without the eigensolver's rounding); 1 = one mode, C = uncorrelated;
 - corr_mean, corr_max, corr_min over the pairs i < j.
@@ -12,10 +12,10 @@ they are for a step with any non-finite pixel in any channel.
 
 Per m, the causal coupling uses the channel-mean series s_i(t) = <u_i(t)> (F0's ``mean``):
   coupling = max over tau in {1, 2, 3} (tau <= T-2) and i < j of |rho_ij(tau) - rho_ji(tau)|,
-  rho_ij(tau) = Pearson corr over t = 0..T-1-tau of s_i(t) and s_j(t + tau) (each segment centred on its own
-  mean). rho_ij(tau) - rho_ji(tau) is the antisymmetric part of the lagged correlation: 0 when no channel leads,
-  up to 2. tau = 0 is left out because its antisymmetric part is identically 0. NaN when T < 3, when any state
-  is non-finite, or when a lagged segment of some s_i is constant.
+  rho_ij(tau) = Pearson corr over t = 0..T-1-tau of s_i(t) and s_j(t + tau) (each segment centred on its
+  own mean). rho_ij(tau) - rho_ji(tau) is the antisymmetric part of the lagged correlation: 0 when no channel
+  leads, up to 2. tau = 0 is left out because its antisymmetric part is identically 0. NaN when T < 3, when
+  any state is non-finite, or when a lagged segment of some s_i is constant.
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ import torch
 from .family import ArraySpec, FeatureFamily, Needs, OperatorInputs
 from .spectral import SUMMARY_STATISTICS, rollout_tensor, time_realization_summary
 
-__all__ = ["COUPLING_NAMES", "FAMILY", "FEATURE_NAMES", "MAX_LAG", "compute", "correlation_features", "coupling"]
+__all__ = [
+    "COUPLING_NAMES",
+    "FAMILY",
+    "FEATURE_NAMES",
+    "MAX_LAG",
+    "compute",
+    "correlation_features",
+    "coupling",
+]
 
 FEATURE_NAMES = ("eig_0", "eig_1", "eig_2", "participation_ratio", "corr_mean", "corr_max", "corr_min")
 COUPLING_NAMES = ("lagged_antisymmetric_corr_max",)
@@ -44,10 +52,15 @@ def correlation_features(u: torch.Tensor) -> torch.Tensor:
     centred = pixels - pixels.mean(-1, keepdim=True)
     scale = centred.square().mean(-1, keepdim=True).sqrt()
     z = centred / torch.where(scale > 0, scale, 1.0)
-    corr = (z @ z.transpose(1, 2) / z.shape[-1]).clamp(-1.0, 1.0)
-    eye = torch.eye(channels, dtype=torch.bool, device=u.device)
-    corr = torch.where(eye, 1.0, corr)
-    corr = torch.where(valid[:, None, None], corr, eye.to(corr.dtype))  # degenerate steps: NaN'd below
+    # Elementwise products and torch.sum rather than a batched matmul: BLAS splits the pixel sum across
+    # threads, so its rounding would depend on the thread count. Filling both triangles from one product
+    # keeps R exactly symmetric.
+    corr = torch.ones(steps, channels, channels, device=u.device)
+    for a in range(channels):
+        for b in range(a + 1, channels):
+            corr[:, a, b] = corr[:, b, a] = (z[:, a] * z[:, b]).mean(-1).clamp(-1.0, 1.0)
+    eye = torch.eye(channels, device=u.device)
+    corr = torch.where(valid[:, None, None], corr, eye)  # degenerate steps: NaN'd below
 
     eig = torch.linalg.eigvalsh(corr).flip(-1)[:, :N_EIG]
     eig = torch.cat([eig, eig.new_full((steps, N_EIG - eig.shape[1]), float("nan"))], -1)
@@ -61,9 +74,9 @@ def correlation_features(u: torch.Tensor) -> torch.Tensor:
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``[n, C]`` x ``[n, C]`` -> ``[C, C]`` with [i, j] = corr(a[:, i], b[:, j]); NaN for a constant column."""
+    """``[n, C]``, ``[n, C]`` -> ``[C, C]``: [i, j] = corr(a[:, i], b[:, j]); NaN for a constant column."""
     a_centred, b_centred = a - a.mean(0), b - b.mean(0)
-    cov = a_centred.T @ b_centred / a.shape[0]
+    cov = (a_centred[:, :, None] * b_centred[:, None, :]).mean(0)  # no BLAS: thread-count invariant
     a_scale, b_scale = a_centred.square().mean(0).sqrt(), b_centred.square().mean(0).sqrt()
     # Exact-constant test on the raw values: centring a constant in float32 need not give exact zeros.
     a_scale = torch.where(a.amax(0) > a.amin(0), a_scale, float("nan"))
@@ -87,7 +100,7 @@ def coupling(u: torch.Tensor) -> torch.Tensor:
 
 
 def compute(inputs: OperatorInputs) -> dict[str, np.ndarray]:
-    """``series`` ``[M, T, 7]``, ``coupling`` ``[M, 1]`` and ``summary`` ``[7, 4]`` float32 for one operator."""
+    """``series`` ``[M, T, 7]``, ``coupling`` ``[M, 1]``, ``summary`` ``[7, 4]`` float32 for one operator."""
     trajectories = rollout_tensor(inputs)
     m_count, steps, channels = trajectories.shape[:3]
     if channels < FAMILY.min_channels:
@@ -100,7 +113,11 @@ def compute(inputs: OperatorInputs) -> dict[str, np.ndarray]:
         series[m] = correlation_features(realization)
         coupled[m] = coupling(realization)
     summary = time_realization_summary(series)
-    return {"series": series.cpu().numpy(), "coupling": coupled.cpu().numpy(), "summary": summary.cpu().numpy()}
+    return {
+        "series": series.cpu().numpy(),
+        "coupling": coupled.cpu().numpy(),
+        "summary": summary.cpu().numpy(),
+    }
 
 
 FAMILY = FeatureFamily(

@@ -7,8 +7,8 @@ Conventions (design doc, "Conventions for this section"):
   ``-kx`` is not stored in the half plane (``0 < kx`` and ``2*kx != W``) is weighted x2, so that
   ``sum(P_weighted) == sum_px u**2`` (Parseval), for even and odd W.
 - Wavenumbers are integers in cycles per domain in each direction: ``kx = 0..W//2`` and ``ky`` wrapped to
-  ``[-H/2, H/2)`` (``torch.fft.fftfreq`` order). On non-square grids ``k = sqrt(kx**2 + ky**2)`` therefore mixes
-  cycles per domain width with cycles per domain height (the grid is treated as a unit square).
+  ``[-H/2, H/2)`` (``torch.fft.fftfreq`` order). On non-square grids ``k = sqrt(kx**2 + ky**2)`` therefore
+  mixes cycles per domain width with cycles per domain height (the grid is treated as a unit square).
 """
 
 from __future__ import annotations
@@ -43,8 +43,13 @@ def time_chunks(steps: int, step_numel: int, budget: int = CHUNK_NUMEL) -> list[
     return [slice(start, min(start + size, steps)) for start in range(0, steps, size)]
 
 
-def wavenumbers(height: int, width: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer wavenumbers of the rfft2 half plane as float32: ``ky`` ``[H, 1]`` in [-H/2, H/2), ``kx`` ``[1, W//2+1]``."""
+def wavenumbers(
+    height: int, width: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer rfft2 half-plane wavenumbers (float32): ``ky`` ``[H, 1]`` and ``kx`` ``[1, W//2+1]``.
+
+    ``ky`` follows ``torch.fft.fftfreq`` order (row index of rfft2), ``kx`` is ``0..W//2`` (column index).
+    """
     ky = torch.fft.fftfreq(height, d=1.0 / height, dtype=torch.float64).round()
     kx = torch.fft.rfftfreq(width, d=1.0 / width, dtype=torch.float64).round()
     return (
@@ -56,7 +61,8 @@ def wavenumbers(height: int, width: int, device: torch.device | str = "cpu") -> 
 def half_plane_weights(width: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Parseval weights ``[W//2+1]`` float32: 1 for kx=0 (and kx=W/2 when W is even), else 2."""
     kx = torch.arange(width // 2 + 1)
-    single = (kx == 0) | (2 * kx == width)  # these columns have no conjugate partner left out of the half plane
+    # These columns have no conjugate partner missing from the half plane, so they count once.
+    single = (kx == 0) | (2 * kx == width)
     return torch.where(single, 1.0, 2.0).to(device=device, dtype=torch.float32)
 
 
@@ -69,23 +75,29 @@ def power_spectrum(u: torch.Tensor) -> torch.Tensor:
     return spectrum.real.square() + spectrum.imag.square()
 
 
-def gaussian_multiplier(height: int, width: int, sigma: float, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Fourier multiplier ``exp(-2 pi^2 sigma^2 (kx^2/W^2 + ky^2/H^2))`` ``[H, W//2+1]`` float32.
+def gaussian_multiplier(
+    height: int, width: int, sigma: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Fourier multiplier ``exp(-2 pi^2 sigma^2 (kx^2/W^2 + ky^2/H^2))`` on the full ``[H, W]`` fft2 grid.
 
     This is the transfer function of a periodic Gaussian blur of standard deviation ``sigma`` pixels.
     Built in float64 so the multiplier itself carries no float32 rounding of the exponent.
     """
-    ky, kx = wavenumbers(height, width, "cpu")
-    exponent = -2.0 * math.pi**2 * sigma**2 * (kx.double() ** 2 / width**2 + ky.double() ** 2 / height**2)
+    ky = torch.fft.fftfreq(height, d=1.0 / height, dtype=torch.float64).reshape(height, 1)
+    kx = torch.fft.fftfreq(width, d=1.0 / width, dtype=torch.float64).reshape(1, width)
+    exponent = -2.0 * math.pi**2 * sigma**2 * (kx**2 / width**2 + ky**2 / height**2)
     return torch.exp(exponent).to(device=device, dtype=torch.float32)
 
 
 def gaussian_lowpass(u: torch.Tensor, sigma: float, multiplier: torch.Tensor | None = None) -> torch.Tensor:
     """Periodic Gaussian low-pass of ``u`` ``[..., H, W]`` (same shape), applied as a Fourier multiplier.
 
+    Uses the complex fft2/ifft2 pair rather than rfft2/irfft2: on the MKL CPU backend the batched
+    complex-to-real inverse rounds differently with the intra-op thread count, the complex one does not.
+    The imaginary part of the result is rounding noise (the multiplier is real and even) and is dropped.
     ``multiplier`` may be passed to reuse a precomputed ``gaussian_multiplier`` for the same grid and sigma.
     """
     height, width = u.shape[-2:]
     if multiplier is None:
         multiplier = gaussian_multiplier(height, width, sigma, u.device)
-    return torch.fft.irfft2(torch.fft.rfft2(u) * multiplier, s=(height, width))
+    return torch.fft.ifft2(torch.fft.fft2(u) * multiplier).real

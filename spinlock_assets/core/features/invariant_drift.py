@@ -54,7 +54,7 @@ ENTROPY_BINS = 32
 
 
 def _entropy(fields: torch.Tensor) -> torch.Tensor:
-    """Histogram entropy (nats) of each row: ``[B, P]`` -> ``[B]``; NaN where min/max or range is non-finite."""
+    """Histogram entropy (nats) of each row: ``[B, P]`` -> ``[B]``; NaN where the range is non-finite."""
     low, high = fields.amin(-1, keepdim=True), fields.amax(-1, keepdim=True)
     span = high - low
     usable = torch.isfinite(span)[:, 0]
@@ -72,7 +72,9 @@ def _entropy(fields: torch.Tensor) -> torch.Tensor:
 def _total_variation(fields: torch.Tensor) -> torch.Tensor:
     """<|u(x+1) - u(x)| + |u(y+1) - u(y)|> with periodic wrap: ``[..., H, W]`` -> ``[...]``."""
     # Interior differences plus the wrap-around column/row, without materialising rolled copies.
-    dx = (fields[..., 1:] - fields[..., :-1]).abs().sum((-2, -1)) + (fields[..., 0] - fields[..., -1]).abs().sum(-1)
+    dx = (fields[..., 1:] - fields[..., :-1]).abs().sum((-2, -1)) + (
+        fields[..., 0] - fields[..., -1]
+    ).abs().sum(-1)
     dy = (fields[..., 1:, :] - fields[..., :-1, :]).abs().sum((-2, -1)) + (
         (fields[..., 0, :] - fields[..., -1, :]).abs().sum(-1)
     )

@@ -1,0 +1,19 @@
+"""Names shared by the Dagster layer: asset groups, environment variables, defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Asset groups (each a subpackage of the Dagster layer).
+INPUTS_GROUP = "inputs"
+GENERATION_GROUP = "generation"
+FEATURES_GROUP = "features"
+DATASET_GROUP = "dataset"
+
+# Where the dataset spec and the HDF5 folder come from (read once, by definitions.py).
+SPEC_ENV_VAR = "SPINLOCK_SPEC"
+DATA_ROOT_ENV_VAR = "SPINLOCK_DATA_ROOT"
+DEFAULT_SPEC_PATH = Path(__file__).parent / "specs" / "default.json"
+DEFAULT_DATA_ROOT = "data"
+
+OWNERS = ["team:operator-datasets"]

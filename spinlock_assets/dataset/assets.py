@@ -1,0 +1,65 @@
+"""The unpartitioned ``dataset`` asset: ``<root>/dataset.h5``, HDF5 virtual datasets over all shards."""
+
+from collections.abc import Sequence
+
+import dagster as dg
+
+from ..constants import DATASET_GROUP, OWNERS
+from ..resources import DatasetResource
+
+__all__ = ["build_dataset_asset", "DATASET_FILE"]
+
+DATASET_FILE = "dataset.h5"
+
+
+def build_dataset_asset(shard_assets: Sequence[dg.AssetsDefinition], families: Sequence) -> dg.AssetsDefinition:
+    """``dataset`` depends on every partition of every shard asset; it never copies data, so rebuilding
+    it is cheap and touches no shard file."""
+    deps = [
+        dg.AssetDep(key, partition_mapping=dg.AllPartitionMapping())
+        for assets_def in shard_assets
+        for key in assets_def.keys
+    ]
+
+    @dg.asset(
+        deps=deps,
+        group_name=DATASET_GROUP,
+        code_version="1",
+        kinds={"hdf5"},
+        owners=OWNERS,
+        pool="h5-consolidate",
+    )
+    def dataset(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
+        """The single-file view dataset.h5 (/parameters, /inputs, /features/<family>, /verification, /metadata)
+        over all shard files, readable with plain h5py; missing shards are masked, never zeros."""
+        from ..storage import FIXED_SOURCES, build_consolidated_dataset, family_source, file_sha256
+        from ..storage.layout import SCHEMA_VERSION
+        from ..core.shards import shard_ranges
+
+        spec = dataset.spec
+        sources = [*FIXED_SOURCES, *(family_source(f.name, [a.name for a in f.arrays]) for f in families)]
+        path = build_consolidated_dataset(
+            dataset.store,
+            dataset.store.root / DATASET_FILE,
+            n_operators=spec.n_operators,
+            shard_keys=[shard.key for shard in shard_ranges(spec.n_operators, spec.shard_size)],
+            sources=sources,
+            overwrite=True,
+            root_attrs={
+                "schema_version": SCHEMA_VERSION,
+                "spec_json": spec.to_json(),
+                "spec_hash": spec.spec_hash,
+                "n_operators": spec.n_operators,
+            },
+        )
+        present = {source.asset: len(dataset.store.shard_keys(source.asset)) for source in sources}
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(path)),
+                "sha256": file_sha256(path),
+                "n_operators": spec.n_operators,
+                "shards_present": dg.MetadataValue.json(present),
+            }
+        )
+
+    return dataset

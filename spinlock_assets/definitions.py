@@ -1,0 +1,57 @@
+"""The composition root: the only place that reads configuration and builds the Dagster definitions.
+
+The dataset spec comes from ``$SPINLOCK_SPEC`` (default: the small CPU-friendly spec shipped in
+``spinlock_assets/specs/default.json``) and HDF5 files go under ``$SPINLOCK_DATA_ROOT`` (default
+``./data``). Both are read here once, when the code location loads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+
+from .constants import DATA_ROOT_ENV_VAR, DEFAULT_DATA_ROOT, DEFAULT_SPEC_PATH, SPEC_ENV_VAR
+from .core.spec import DatasetSpec, load_spec
+from .dataset import build_dataset_asset
+from .features import build_feature_assets
+from .generation import build_generation_assets
+from .generation.assets import IO_MANAGER_KEY
+from .io_manager import HDF5ShardIOManager
+from .jobs import build_jobs
+from .partitions import shard_partitions
+from .resources import DatasetResource, RolloutResource
+
+__all__ = ["build_definitions", "defs"]
+
+
+def build_definitions(
+    spec: DatasetSpec, data_root: str | Path, *, families: Sequence | None = None, rollout: RolloutResource | None = None
+) -> dg.Definitions:
+    """Everything Dagster needs for one dataset: assets, checks, jobs, schedules and resources."""
+    from .core.features.registry import derived_families
+
+    families = derived_families(spec.channels) if families is None else list(families)
+    partitions = shard_partitions(spec)
+    generation = build_generation_assets(partitions)
+    features = build_feature_assets(partitions, families)
+    dataset_asset = build_dataset_asset([*generation, *features], families)
+    dataset = DatasetResource(spec_json=spec.to_json(), data_root=str(Path(data_root).absolute()))
+    return dg.Definitions(
+        assets=[*generation, *features, dataset_asset],
+        jobs=build_jobs(),
+        resources={
+            "dataset": dataset,
+            "rollout": rollout or RolloutResource(),
+            IO_MANAGER_KEY: HDF5ShardIOManager(dataset=dataset),
+        },
+    )
+
+
+def _spec_from_environment() -> DatasetSpec:
+    return load_spec(os.environ.get(SPEC_ENV_VAR) or DEFAULT_SPEC_PATH)
+
+
+defs = build_definitions(_spec_from_environment(), os.environ.get(DATA_ROOT_ENV_VAR) or DEFAULT_DATA_ROOT)

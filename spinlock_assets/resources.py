@@ -1,0 +1,91 @@
+"""Resources: the dataset (spec + HDF5 folder) and the seeded rollout engine every rollout goes through."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from .core.spec import DatasetSpec
+
+if TYPE_CHECKING:
+    from .core.record import OperatorRecord
+    from .storage import ShardStore
+
+__all__ = ["DatasetResource", "RolloutResource"]
+
+
+class DatasetResource(dg.ConfigurableResource):
+    """The dataset being built: its spec (JSON) and the folder holding its HDF5 shard files."""
+
+    spec_json: str
+    data_root: str
+
+    @cached_property
+    def spec(self) -> DatasetSpec:
+        return DatasetSpec.from_json(self.spec_json)
+
+    @cached_property
+    def store(self) -> ShardStore:
+        from .storage import ShardStore
+
+        return ShardStore(self.data_root)
+
+
+class RolloutResource(dg.ConfigurableResource):
+    """The seeded rollout engine. Generation and replay both run through ``roll_out`` here, on one device,
+    with deterministic flags set and the allocator tuned (see ``core.allocator``)."""
+
+    device: str = "cpu"
+    threads: int = 0  # 0 keeps torch's default (one per core)
+    operator_cache_size: int = 0  # rebuilt operators kept in memory, for runs that rebuild the same ones
+
+    _cache: OrderedDict = PrivateAttr(default_factory=OrderedDict)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        import torch
+
+        from .core.allocator import keep_freed_memory
+        from .core.fingerprint import configure_determinism
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        configure_determinism(self.device)
+        keep_freed_memory()
+
+    def fingerprint(self) -> dict[str, str]:
+        from .core.fingerprint import execution_fingerprint
+
+        return execution_fingerprint(self.device)
+
+    def build_operator(self, record: OperatorRecord) -> Any:
+        """The record's operator, from the cache when enabled (keyed by what determines the weights)."""
+        key = (record.spec.spec_hash, record.index)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        operator = record.build_operator(self.device)
+        if self.operator_cache_size:
+            self._cache[key] = operator
+            while len(self._cache) > self.operator_cache_size:
+                self._cache.popitem(last=False)
+        return operator
+
+    def roll_out(
+        self, records: list[OperatorRecord], *, keep_trajectories: bool = False, log: Any = None
+    ) -> Iterator[Any]:
+        """Yield one :class:`RolloutRecord` per record, logging progress (done/total, rate, ETA)."""
+        from .core.generation import roll_out
+        from .progress import ProgressLog
+
+        yield from roll_out(
+            records,
+            device=self.device,
+            keep_trajectories=keep_trajectories,
+            progress=ProgressLog(log),
+            build_operator=self.build_operator,
+        )
