@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .parameters import OperatorHyperparameters
 
-__all__ = ["CommonNoise", "NoiseSource", "OperatorStep", "RealizationNoise", "StochasticCNN", "build_operator"]
+__all__ = ["GeneratorNoise", "NoiseSource", "OperatorStep", "StochasticCNN", "build_operator"]
 
 INSTANCE_NORM_EPS = 1.0
 
@@ -106,34 +106,23 @@ def build_operator(
     return StochasticCNN(hp, [w.to(device) for w in weights], bias.to(device))
 
 
-class RealizationNoise:
-    """Noise for a batch of M realizations: row m is drawn only from realization m's own generator.
+class GeneratorNoise:
+    """Hidden-layer noise drawn from one generator: each call draws one ``[1, width, H, W]`` standard normal
+    tensor (broadcast over the batch), so the draw order is fixed: per operator call, per hidden layer.
 
-    Draw order per generator is fixed: for each step, for each hidden layer, one ``[width, H, W]``
-    standard normal tensor. So realization m's noise does not depend on M or its batch neighbours.
+    A rollout keeps one per realization for the whole rollout (realization m's noise comes only from
+    its own seed); the probe step map makes a fresh one per call (common random numbers).
     """
 
-    def __init__(self, noise_seeds: Sequence[int], device: torch.device) -> None:
-        self.generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in noise_seeds]
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.generator = torch.Generator(device=device).manual_seed(int(seed))
         self._buffer: torch.Tensor | None = None
 
     def __call__(self, layer: int, like: torch.Tensor) -> torch.Tensor:
-        if self._buffer is None or self._buffer.shape != like.shape:
-            self._buffer = torch.empty_like(like)
-        for row, generator in zip(self._buffer, self.generators, strict=True):
-            row.normal_(generator=generator)
-        return self._buffer
-
-
-class CommonNoise:
-    """Common random numbers: one fresh generator per call of the operator, each hidden layer's noise
-    drawn once as ``[1, width, H, W]`` and broadcast over the batch."""
-
-    def __init__(self, noise_seed: int, device: torch.device) -> None:
-        self.generator = torch.Generator(device=device).manual_seed(int(noise_seed))
-
-    def __call__(self, layer: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn((1, *like.shape[1:]), generator=self.generator, device=like.device, dtype=like.dtype)
+        shape = (1, *like.shape[1:])
+        if self._buffer is None or self._buffer.shape != shape:
+            self._buffer = torch.empty(shape, device=like.device, dtype=like.dtype)
+        return self._buffer.normal_(generator=self.generator)
 
 
 class OperatorStep:
@@ -145,6 +134,6 @@ class OperatorStep:
         self.device = operator.device
 
     def __call__(self, x: torch.Tensor, *, noise_seed: int, raw: bool = False) -> torch.Tensor:
-        noise = CommonNoise(noise_seed, self.device)
+        noise = GeneratorNoise(noise_seed, self.device)
         o = self.operator.apply(x.to(self.device, torch.float32), noise)
         return o if raw else self.operator.update(x, o)

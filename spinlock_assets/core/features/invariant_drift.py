@@ -8,7 +8,7 @@ Norms I(t) of each field (pixel means; periodic):
 - entropy: Shannon entropy in nats of the pixel values in 32 equal-width bins spanning that field's own
   [min, max] (the maximum falls in the last bin). A field with max == min has entropy 0. Entropy is
   scale-invariant, so a field that is constant up to float32 FFT roundoff (e.g. the filtered scales of a
-  constant field on some non-power-of-two grids) gets the entropy of that roundoff pattern.
+  constant field on odd grids such as 33x35; exact on 32x32, 48x40, 64x64) gets the roundoff's entropy.
 
 Metrics over the T-1 increments D(t) = I(t+1) - I(t) (population std):
 - mean_drift = mean(D) / (|I(0)| + eps); drift_std = std(D) / (|I(0)| + eps);
@@ -65,7 +65,7 @@ def _entropy(fields: torch.Tensor) -> torch.Tensor:
     counts = torch.zeros(fields.shape[0], ENTROPY_BINS, dtype=torch.int32, device=fields.device)
     counts.scatter_add_(1, bins, torch.ones((), dtype=torch.int32, device=fields.device).expand_as(bins))
     p = counts.to(torch.float32) / fields.shape[-1]
-    entropy = -torch.xlogy(p, p).sum(-1)
+    entropy = 0.0 - torch.xlogy(p, p).sum(-1)  # 0.0 - x, not -x: a constant field gives +0.0, not -0.0
     return torch.where(usable, entropy, float("nan"))
 
 
