@@ -37,7 +37,9 @@ def build_dataset_asset(shard_assets: Sequence[dg.AssetsDefinition], families: S
         from ..core.shards import shard_ranges
 
         spec = dataset.spec
-        sources = [*FIXED_SOURCES, *(family_source(f.name, [a.name for a in f.arrays]) for f in families)]
+        candidates = [*FIXED_SOURCES, *(family_source(f.name, [a.name for a in f.arrays]) for f in families)]
+        # A family never materialized has no place in the file yet; a partly materialized one is masked.
+        sources = [source for source in candidates if dataset.store.shard_keys(source.asset)]
         path = build_consolidated_dataset(
             dataset.store,
             dataset.store.root / DATASET_FILE,

@@ -6,14 +6,16 @@ Asset bodies load, call ``core``/``storage`` and describe the result; the IO man
 import dagster as dg
 
 from ..constants import GENERATION_GROUP, INPUTS_GROUP, OWNERS
+from ..core.features.base import FAMILY as BASE
 from ..io_manager import ShardOutput
 from ..resources import DatasetResource, RolloutResource
+from ..storage.operator_arrays import ENGINE_VERSION
 
 __all__ = ["IO_MANAGER_KEY", "build_generation_assets", "load_records", "BASE_CODE_VERSION"]
 
 IO_MANAGER_KEY = "shard_io_manager"
-# base family version + engine version: a change of either re-generates base features.
-BASE_CODE_VERSION = "base-1.0.0+engine-1.0.0"
+# base family version + engine version: a change of either marks base features (and replays) stale.
+BASE_CODE_VERSION = f"base-{BASE.version}+engine-{ENGINE_VERSION}"
 
 
 def arrays_of(contents) -> dict:
@@ -89,7 +91,6 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         inline during the one seeded generation rollout of each operator."""
         import time
 
-        from ..core.features.base import FAMILY as BASE
         from ..storage.operator_arrays import base_feature_arrays
 
         records = load_records(dataset, operator_parameters, initial_conditions)

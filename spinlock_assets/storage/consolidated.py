@@ -66,6 +66,8 @@ def build_consolidated_dataset(
     ``shard_keys`` must tile ``[0, n_operators)``; ``root_attrs`` needs ``spec_hash`` and ``spec_json``
     and may carry more attributes for ``/metadata``. Shards written for another spec hash raise
     ``SpecMismatchError``; shards of one asset that disagree on an array raise ``InconsistentShardsError``.
+    An asset none of whose shards exists yet (a family not materialized) adds no paths; the validator
+    reports a fixed asset in that state as missing required datasets.
     """
     out_path = Path(out_path)
     ranges = _check_shard_keys(n_operators, shard_keys)
@@ -74,6 +76,7 @@ def build_consolidated_dataset(
         if not isinstance(root_attrs.get(key), str):
             raise ValueError(f"root_attrs[{key!r}]: expected a string, got {root_attrs.get(key)!r}")
     scans = [_scan(store, source, ranges, root_attrs["spec_hash"]) for source in sources]
+    scans = [scan for scan in scans if scan.rows]  # an asset with no shard yet has nothing to show
     metadata = _metadata_attrs(root_attrs, n_operators, scans)
     with (
         atomic_output(out_path, overwrite=overwrite) as tmp,
@@ -109,7 +112,7 @@ def _check_sources(sources: Sequence[ConsolidatedSource]) -> None:
     for source in sources:
         for name, target in source.arrays.items():
             parts = PurePosixPath(target).parts
-            if len(parts) < 3 or parts[0] != "/" or target.startswith(METADATA_GROUP) or parts[-1] == PRESENT:
+            if len(parts) < 3 or parts[0] != "/" or f"/{parts[1]}" == METADATA_GROUP or parts[-1] == PRESENT:
                 raise ValueError(
                     f"asset {source.asset!r} array {name!r}: target must be an absolute path /group/.../name "
                     f"outside {METADATA_GROUP} and not named {PRESENT!r}, got {target!r}"
@@ -120,10 +123,12 @@ def _check_sources(sources: Sequence[ConsolidatedSource]) -> None:
                     f"group {group!r} would hold arrays of assets {owners[group]!r} and {source.asset!r}; "
                     "give each asset its own group so its present mask is unambiguous"
                 )
-    targets = sorted(target for source in sources for target in source.arrays.values())
-    for first, second in zip(targets, targets[1:], strict=False):
-        if first == second or second.startswith(first + "/"):
-            raise ValueError(f"target paths collide: {first!r} and {second!r}")
+    targets = [target for source in sources for target in source.arrays.values()]
+    for target in targets:
+        parents = {str(parent) for parent in PurePosixPath(target).parents}
+        clash = next((other for other in targets if other in parents), None)
+        if clash or targets.count(target) > 1:
+            raise ValueError(f"target paths collide: {target!r} and {clash or target!r}")
 
 
 def _scan(
@@ -159,11 +164,6 @@ def _scan(
                 "path": header.path,
                 "arrays": present,
             }
-        )
-    if not scan.rows:
-        raise ValueError(
-            f"asset {source.asset!r}: none of its {len(ranges)} shards exists under {store.root}; "
-            "materialize at least one, or leave the asset out of sources"
         )
     return scan
 

@@ -62,7 +62,7 @@ def validate_dataset_file(path: str | Path) -> list[Problem]:
     try:
         with h5py.File(path, "r") as handle:
             return _validate(handle, path)
-    except OSError as exc:
+    except (OSError, KeyError, RuntimeError) as exc:  # h5py reports damaged object headers as KeyError
         return [Problem(str(path), f"cannot read as HDF5: {exc}")]
 
 

@@ -33,8 +33,8 @@ over realizations of those columns is NaN too; ``blowup_t`` stays finite.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from ..lazy_torch import torch
 from .family import EPS, ArraySpec, FeatureFamily, Needs, OperatorInputs
 
 __all__ = [

@@ -21,8 +21,8 @@ Per m, the causal coupling uses the channel-mean series s_i(t) = <u_i(t)> (F0's 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from ..lazy_torch import torch
 from .family import ArraySpec, FeatureFamily, Needs, OperatorInputs
 from .spectral import SUMMARY_STATISTICS, rollout_tensor, time_realization_summary
 

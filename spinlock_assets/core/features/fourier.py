@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+from ..lazy_torch import torch
 
 __all__ = [
     "CHUNK_NUMEL",

@@ -24,8 +24,8 @@ for mean_drift, drift_std and monotonicity.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from ..lazy_torch import torch
 from .family import EPS, ArraySpec, FeatureFamily, Needs, OperatorInputs
 from .fourier import gaussian_lowpass, gaussian_multiplier, time_chunks
 from .spectral import rollout_tensor

@@ -32,8 +32,8 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from ..lazy_torch import torch
 from .family import EPS, ArraySpec, FeatureFamily, Needs, OperatorInputs
 from .fourier import half_plane_weights, power_spectrum, time_chunks, wavenumbers
 

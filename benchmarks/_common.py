@@ -1,0 +1,156 @@
+"""Helpers shared by the benchmarks: the operator sample, the conv-only lower bound, timing.
+
+Nothing here is imported by the package; benchmarks import the package, never the other way round.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spinlock_assets.core.initial_conditions import initial_condition
+from spinlock_assets.core.operator import StochasticCNN, build_operator
+from spinlock_assets.core.parameters import OperatorHyperparameters, map_parameters, sobol_points
+from spinlock_assets.core.seeds import operator_seeds
+from spinlock_assets.core.spec import ParameterSpace
+
+ROOT_SEED = 0  # the benchmark's own dataset root seed: fixed so every run times the same operators
+
+
+@dataclass
+class Case:
+    """One operator to time, with everything a rollout needs."""
+
+    label: str
+    operator: StochasticCNN
+    initial_condition: np.ndarray  # [C, H, W] float32
+    noise_seeds: tuple[int, ...]
+
+    @property
+    def hp(self) -> OperatorHyperparameters:
+        return self.operator.hyperparameters
+
+    @property
+    def architecture(self) -> str:
+        hp = self.hp
+        return f"L{hp.n_layers} w{hp.width} k{hp.kernel_size} {hp.activation[:4]} {hp.policy[:4]}"
+
+    def conv_flops_per_step(self) -> float:
+        """FLOPs (2 per multiply-add) of one step of every realization's convolutions."""
+        c, h, w = self.initial_condition.shape
+        return len(self.noise_seeds) * sum(2.0 * wt.numel() * h * w for wt in self.operator.weights)
+
+
+def _case(label: str, hp: OperatorHyperparameters, index: int, *, channels: int, grid: int, realizations: int) -> Case:
+    seeds = operator_seeds(ROOT_SEED, index, realizations)
+    operator = build_operator(hp, channels=channels, weight_seed=seeds.weight_seed)
+    ic = initial_condition(
+        hp.ic_family, scale=hp.ic_scale, channels=channels, height=grid, width=grid, seed=seeds.ic_seed
+    )
+    return Case(label, operator, ic, seeds.noise_seeds)
+
+
+def sampled_cases(n: int, *, channels: int, grid: int, realizations: int) -> list[Case]:
+    """Operators 0..n-1 of the default parameter space (scrambled Sobol points, root seed ``ROOT_SEED``)."""
+    space = ParameterSpace()
+    points = sobol_points(ROOT_SEED, 0, n)
+    return [
+        _case(f"op{i:02d}", map_parameters(p, space), i, channels=channels, grid=grid, realizations=realizations)
+        for i, p in enumerate(points)
+    ]
+
+
+def smallest_cases(*, channels: int, grid: int, realizations: int) -> list[Case]:
+    """The smallest architectures of the default space (width 16, kernel 3, 2 or 3 layers), one per
+    activation and a mix of policies: the overhead-bound end of the dataset."""
+    rows = [
+        (2, "gelu", "residual", 0.1, None),
+        (2, "tanh", "autoregressive", None, None),
+        (3, "silu", "convex", None, 0.5),
+        (3, "relu", "residual", 0.1, None),
+    ]
+    cases = []
+    for j, (layers, activation, policy, dt, alpha) in enumerate(rows):
+        hp = OperatorHyperparameters(layers, 16, 3, activation, 0.01, 1.0, policy, dt, alpha, "blobs", 0.5)
+        cases.append(_case(f"small{j}", hp, 1000 + j, channels=channels, grid=grid, realizations=realizations))
+    return cases
+
+
+def conv_bound(case: Case, steps: int, *, batched: bool = False, workers: int = 1) -> Callable[[], None]:
+    """A callable running only the operator's convolutions for ``steps - 1`` steps: the same layer shapes,
+    inputs pre-padded (so no pad, norm, noise or update), nothing else.
+
+    ``batched=False``: one batch-1 conv per realization and layer, M per step (the structure the engine
+    must use, see ``iterate_rollout``). ``batched=True``: one batch-M conv per layer (reference only: its
+    bits may differ from batch 1). ``workers=n`` runs the batch-1 convs of the realizations on n threads
+    with one intra-op thread each (the engine's own structure when it parallelises realizations).
+    """
+    c, h, w = case.initial_condition.shape
+    m = len(case.noise_seeds)
+    pad = case.hp.kernel_size // 2
+    weights = case.operator.weights
+    biases = [None] * (len(weights) - 1) + [case.operator.output_bias]
+    generator = torch.Generator().manual_seed(0)
+    batch = m if batched else 1
+    inputs = [torch.randn(batch, wt.shape[1], h + 2 * pad, w + 2 * pad, generator=generator) for wt in weights]
+
+    def run_layers(realizations: int, n_steps: int) -> None:
+        for _ in range(n_steps):
+            for _ in range(realizations):
+                for x, wt, b in zip(inputs, weights, biases, strict=True):
+                    F.conv2d(x, wt, b)
+
+    if batched:
+        return lambda: run_layers(1, steps - 1)
+    if workers == 1:
+        return lambda: run_layers(m, steps - 1)
+
+    shares = [len(range(k, m, workers)) for k in range(workers)]
+
+    def parallel() -> None:
+        def body(share: int) -> None:
+            with single_intra_op_thread():
+                run_layers(share, steps - 1)
+
+        threads = [threading.Thread(target=body, args=(s,)) for s in shares if s]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    return parallel
+
+
+class single_intra_op_thread:
+    """Context: torch ops on *this* thread run on one intra-op thread (OpenMP's thread count is per
+    calling thread); restores the process-wide default that new threads inherit on exit."""
+
+    def __enter__(self) -> None:
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.previous)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} CPUs)"

@@ -1,0 +1,346 @@
+"""Rollout efficiency against the conv-only lower bound, the allocator setting, and a profile breakdown.
+
+    python benchmarks/bench_rollout.py            # full run (about 10-20 minutes on the 2-core machine)
+    python benchmarks/bench_rollout.py --quick    # smoke run: fewer operators and steps
+
+At a 64x64 grid, C=3, M=5 realizations, T steps (default 32), for each operator it times, in one
+process and interleaved (so load drifts hit every measure alike):
+
+- (a) ``iterate_rollout`` consumed (the bare rollout),
+- (b) ``run_rollout`` (the generation rollout: inline F0 base features + SHA-256 digests),
+- (c) the conv-only lower bound: the operator's convolutions alone, the same layer shapes, inputs
+  pre-padded, T-1 steps, batch 1 per realization and M of them per step (what the engine must do);
+  plus, for reference, the batch-M bound (the same convs batched; its bits may differ from batch 1) and
+  the bound with the batch-1 convs shared out over the engine's worker threads (one intra-op thread each).
+
+Reported: medians over ``--repeats`` repetitions per operator; ratios (a)/(c) and (b)/(a) for the total
+of the sampled operators and for the smallest architectures alone. The section runs in child processes,
+once with ``keep_freed_memory()`` (the production setting, see ``core/allocator.py``) and once without
+(the setting is per process and cannot be undone), and the digests of the two are compared. Section 3
+profiles the smallest operator's generation rollout (torch.profiler) and splits its time by operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: _common is a sibling
+
+import torch  # noqa: E402
+
+from _common import (  # noqa: E402
+    Case,
+    conv_bound,
+    load_average,
+    median,
+    sampled_cases,
+    smallest_cases,
+    timed,
+)
+from spinlock_assets.core import rollout as rollout_module  # noqa: E402
+from spinlock_assets.core.allocator import keep_freed_memory  # noqa: E402
+from spinlock_assets.core.rollout import iterate_rollout, run_rollout  # noqa: E402
+
+GRID, CHANNELS, REALIZATIONS = 64, 3, 5
+MEASURES = ("bound", "bound_batched", "bound_workers", "bare", "generation")
+
+
+def _engine_workers() -> int:
+    """How many threads the engine steps realizations on (1 for an engine without worker threads)."""
+    return int(getattr(rollout_module, "rollout_workers", lambda m: 1)(REALIZATIONS))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Section 1: efficiency (runs in a child process, prints JSON)
+
+
+def measure(cases: list[Case], steps: int, repeats: int) -> dict:
+    workers = _engine_workers()
+    fns = {}
+    for case in cases:
+        ic = torch.as_tensor(case.initial_condition)
+
+        def bare(case=case, ic=ic):
+            for _ in iterate_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds):
+                pass
+
+        def generation(case=case, ic=ic):
+            return run_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds)
+
+        fns[case.label] = {
+            "bound": conv_bound(case, steps),
+            "bound_batched": conv_bound(case, steps, batched=True),
+            "bound_workers": conv_bound(case, steps, workers=workers) if workers > 1 else None,
+            "bare": bare,
+            "generation": generation,
+        }
+    digests = {c.label: fns[c.label]["generation"]().digests for c in cases}  # also warms every path up
+    for case in cases:
+        for fn in fns[case.label].values():
+            if fn is not None:
+                fn()
+    times: dict[str, dict[str, list[float]]] = {c.label: defaultdict(list) for c in cases}
+    for _ in range(repeats):
+        for case in cases:
+            for name in MEASURES:
+                fn = fns[case.label][name]
+                if fn is not None:
+                    times[case.label][name].append(timed(fn))
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "engine_workers": workers,
+        "steps": steps,
+        "load_average": load_average(),
+        "cases": [
+            {
+                "label": c.label,
+                "architecture": c.architecture,
+                "gflop": c.conv_flops_per_step() * (steps - 1) / 1e9,
+                "median_s": {k: median(v) for k, v in times[c.label].items()},
+                "digests": digests[c.label],
+            }
+            for c in cases
+        ],
+    }
+
+
+def child_main(args: argparse.Namespace) -> None:
+    applied = keep_freed_memory() if args.allocator == "keep" else False
+    sample = sampled_cases(args.operators, channels=CHANNELS, grid=GRID, realizations=REALIZATIONS)
+    small = smallest_cases(channels=CHANNELS, grid=GRID, realizations=REALIZATIONS)
+    result = measure(sample + small, args.steps, args.repeats)
+    result.update(allocator=args.allocator, keep_freed_memory_applied=applied, n_sample=len(sample))
+    if args.profile:
+        result["breakdown"] = breakdown(small[0], args.steps)
+    print(json.dumps(result))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Section 3: profile breakdown of one operator
+
+
+_CATEGORIES = [
+    ("conv", ("conv", "mkldnn_convolution")),
+    ("pad (circular)", ("pad", "_pad_circular")),
+    ("instance_norm", ("instance_norm", "batch_norm", "var_mean", "rsqrt")),
+    ("activation", ("gelu", "tanh", "silu", "relu")),
+    ("noise normal_", ("normal_",)),
+    ("noise add_", ("add_",)),
+    ("policy update", ("lerp", "aten::add", "aten::mul")),
+    ("torch.cat / stack", ("aten::cat", "aten::stack")),
+    ("copies", ("copy_", "aten::contiguous", "aten::expand", "aten::to", "aten::clone")),
+]
+
+
+def _category(name: str) -> str:
+    if name.startswith("bench::"):
+        return name.removeprefix("bench::")
+    for category, keys in _CATEGORIES:
+        if any(key == name or (not key.startswith("aten::") and key in name) for key in keys):
+            return category
+    return f"other ({name})"
+
+
+class _TimedHash:
+    """A hashlib object whose updates show up in the profile as ``bench::digest SHA-256``."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def update(self, data) -> None:
+        with torch.profiler.record_function("bench::digest SHA-256"):
+            self._real.update(data)
+
+    def hexdigest(self) -> str:
+        return self._real.hexdigest()
+
+
+class _HashlibShim:
+    def __init__(self, real):
+        self._real = real
+
+    def sha256(self, *args):
+        return _TimedHash(self._real.sha256(*args))
+
+
+def breakdown(case: Case, steps: int, repeats: int = 5) -> dict:
+    """Time split of one generation rollout by operation, from torch.profiler (all threads).
+
+    Each top-level event (an op called from Python, or a ``bench::`` range wrapping base features or
+    hashing) is charged to its category with its whole duration; per thread, what is left of the wall
+    time is Python (and waiting). The profiler adds a few microseconds per op, so the profiled wall time
+    is also reported next to the unprofiled one.
+    """
+    ic = torch.as_tensor(case.initial_condition)
+
+    def run():
+        return run_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds)
+
+    run()
+    wall = median([timed(run) for _ in range(repeats)])
+
+    real_features, real_hashlib = rollout_module.step_features, rollout_module.hashlib
+
+    def features(states):
+        with torch.profiler.record_function("bench::base features (F0)"):
+            return real_features(states)
+
+    rollout_module.step_features, rollout_module.hashlib = features, _HashlibShim(real_hashlib)
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            profiled_wall = timed(run)
+    finally:
+        rollout_module.step_features, rollout_module.hashlib = real_features, real_hashlib
+
+    by_category: dict[str, float] = defaultdict(float)
+    busy_by_thread: dict[int, float] = defaultdict(float)
+    for event in prof.events():
+        if event.cpu_parent is not None:
+            continue
+        duration = event.time_range.elapsed_us() / 1e6
+        by_category[_category(event.name)] += duration
+        busy_by_thread[event.thread] += duration
+    return {
+        "label": case.label,
+        "architecture": case.architecture,
+        "wall_s": wall,
+        "profiled_wall_s": profiled_wall,
+        "threads": len(busy_by_thread),
+        "busy_by_thread_s": sorted(busy_by_thread.values(), reverse=True),
+        "by_category_s": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parent: run the children, print the tables
+
+
+def run_child(args: argparse.Namespace, allocator: str, profile: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # the setting under test only
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--allocator",
+        allocator,
+        "--steps",
+        str(args.steps),
+        "--repeats",
+        str(args.repeats),
+        "--operators",
+        str(args.operators),
+    ] + (["--profile"] if profile else [])
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"child ({allocator}) failed with exit code {out.returncode}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:9.1f}"
+
+
+def print_efficiency(result: dict) -> None:
+    workers = result["engine_workers"]
+    print(
+        f"torch threads {result['torch_threads']}, engine workers {workers}, T={result['steps']} steps, "
+        f"allocator {result['allocator']!r}, load average at the end: {result['load_average']}"
+    )
+    head = (
+        f"{'op':7} {'architecture':26} {'GFLOP':>6} {'(c) bound':>9} {'batch-M':>9} "
+        f"{'workers':>9} {'(a) bare':>9} {'(b) gen':>9} {'a/c':>6} {'b/a':>6} {'c GF/s':>7}"
+    )
+    print("times in ms, medians")
+    print(head)
+    for case in result["cases"]:
+        t = case["median_s"]
+        workers_bound = _ms(t["bound_workers"]) if "bound_workers" in t else f"{'-':>9}"
+        print(
+            f"{case['label']:7} {case['architecture']:26} {case['gflop']:6.1f} {_ms(t['bound'])} "
+            f"{_ms(t['bound_batched'])} {workers_bound} {_ms(t['bare'])} {_ms(t['generation'])} "
+            f"{t['bare'] / t['bound']:6.2f} {t['generation'] / t['bare']:6.3f} {case['gflop'] / t['bound']:7.1f}"
+        )
+    n_sample = result["n_sample"]
+    for name, group, target in (
+        (f"(i) total over the {n_sample} sampled operators", result["cases"][:n_sample], 1.10),
+        ("(ii) smallest architectures (w16 k3, 2-3 layers)", result["cases"][n_sample:], 1.5),
+    ):
+        total = {k: sum(c["median_s"].get(k, 0.0) for c in group) for k in MEASURES}
+        line = (
+            f"{name}: (a)/(c) = {total['bare'] / total['bound']:.3f} (target <= {target}), "
+            f"(b)/(a) - 1 = {100 * (total['generation'] / total['bare'] - 1):+.1f}% (target <= 2%), "
+            f"(a)/batch-M bound = {total['bare'] / total['bound_batched']:.3f}"
+        )
+        if total["bound_workers"]:
+            line += f", (a)/workers bound = {total['bare'] / total['bound_workers']:.3f}"
+        print(line)
+
+
+def print_allocator(keep: dict, default: dict) -> None:
+    def total(result, measure_name):
+        return sum(c["median_s"][measure_name] for c in result["cases"][: result["n_sample"]])
+
+    same = all(k["digests"] == d["digests"] for k, d in zip(keep["cases"], default["cases"], strict=True))
+    print(f"keep_freed_memory() applied in the 'keep' process: {keep['keep_freed_memory_applied']}")
+    for measure_name in ("bound", "bare", "generation"):
+        k, d = total(keep, measure_name), total(default, measure_name)
+        print(f"  {measure_name:11} default {d:8.3f} s   keep {k:8.3f} s   default/keep = {d / k:.3f}")
+    print(f"  digests identical with and without: {same}")
+
+
+def print_breakdown(b: dict) -> None:
+    print(
+        f"{b['label']} ({b['architecture']}): wall {b['wall_s'] * 1e3:.1f} ms unprofiled, "
+        f"{b['profiled_wall_s'] * 1e3:.1f} ms profiled; {b['threads']} thread(s) ran torch ops, busy "
+        + ", ".join(f"{s * 1e3:.1f}" for s in b["busy_by_thread_s"])
+        + " ms"
+    )
+    busy = sum(b["busy_by_thread_s"])
+    python = b["threads"] * b["profiled_wall_s"] - busy
+    rows = list(b["by_category_s"].items()) + [("Python / waiting (threads x wall - busy)", python)]
+    total = busy + python
+    for name, seconds in rows:
+        print(f"  {name:44} {seconds * 1e3:8.1f} ms  {100 * seconds / total:5.1f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="8 operators, 16 steps, 3 repeats")
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--operators", type=int, default=16, help="sampled operators (>= 16 for the report)")
+    parser.add_argument("--no-allocator", action="store_true", help="skip the run without keep_freed_memory")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--allocator", choices=("keep", "default"), default="keep", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.operators, args.steps, args.repeats = 8, 16, 3
+    if args.child:
+        child_main(args)
+        return
+
+    print(f"load average at start: {load_average()}")
+    keep = run_child(args, "keep", profile=True)
+    print(f"\n== 1. Rollout efficiency vs the conv-only lower bound ({GRID}x{GRID}, C={CHANNELS}, M={REALIZATIONS})")
+    print_efficiency(keep)
+    if not args.no_allocator:
+        default = run_child(args, "default", profile=False)
+        print("\n== 2. Allocator: keep_freed_memory() vs glibc defaults (separate processes)")
+        print_allocator(keep, default)
+        print("  efficiency without keep_freed_memory():")
+        print_efficiency(default)
+    print("\n== 3. Breakdown of the smallest operator's generation rollout (torch.profiler, all threads)")
+    print_breakdown(keep["breakdown"])
+    print(f"\nload average at the end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()

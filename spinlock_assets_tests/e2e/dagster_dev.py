@@ -1,0 +1,599 @@
+"""A real ``dagster dev`` for end-to-end tests, driven through its GraphQL API.
+
+``dagster_dev(directory, spec)`` is a context manager that writes the spec to a file, creates a
+``DAGSTER_HOME`` with a minimal ``dagster.yaml`` (telemetry off), starts
+``dagster dev -m spinlock_assets.definitions`` on a free loopback port in its own session (so it
+can be stopped as a whole: started from a script without job control it ignores signals), waits
+until the webserver answers and the code location has loaded, and yields a :class:`DagsterDev`.
+On exit it sends SIGTERM to the process group, waits for every process of the group to end
+(SIGKILL after ``STOP_TIMEOUT_S``) and raises :class:`DagsterDevError` if any had to be killed.
+
+Everything listens on and talks to 127.0.0.1 only; HTTP goes through ``urllib`` with proxies
+disabled, so no dependency beyond the standard library is needed.
+
+Use it as a module-scoped fixture::
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory):
+        with dagster_dev(tmp_path_factory.mktemp("dagster_dev"), tiny_spec()) as dev:
+            yield dev
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "ASSET_JOB",
+    "HOST",
+    "DagsterDev",
+    "DagsterDevError",
+    "Materialization",
+    "dagster_dev",
+    "free_port",
+    "session_processes",
+]
+
+HOST = "127.0.0.1"
+MODULE = "spinlock_assets.definitions"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REPOSITORY_NAME = "__repository__"
+ASSET_JOB = "__ASSET_JOB"
+STARTUP_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 20.0
+POLL_INTERVAL_S = 0.5
+DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+BACKFILL_DONE = frozenset({"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"})
+RUN_DONE = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+
+T = TypeVar("T")
+
+# One GraphQL fragment set, reused: failures come back as an ``Error`` (every error type implements it).
+_METADATA_FIELDS = """
+  __typename label
+  ... on PathMetadataEntry { path }
+  ... on TextMetadataEntry { text }
+  ... on JsonMetadataEntry { jsonString }
+  ... on IntMetadataEntry { intRepr }
+  ... on FloatMetadataEntry { floatValue }
+  ... on BoolMetadataEntry { boolValue }
+  ... on UrlMetadataEntry { url }
+  ... on MarkdownMetadataEntry { mdStr }
+"""
+_WORKSPACE = """
+query {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name loadStatus
+        locationOrLoadError {
+          __typename
+          ... on RepositoryLocation { name repositories { name } }
+          ... on PythonError { message stack }
+        }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+_LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+    ... on PythonError { stack }
+  }
+}
+"""
+_BACKFILL = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      id status numPartitions
+      error { message stack }
+      runs(limit: 100) { runId status tags { key value } }
+    }
+    ... on Error { message }
+  }
+}
+"""
+_LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+    ... on PythonError { stack }
+  }
+}
+"""
+_RUN = """
+query($id: ID!) {
+  runOrError(runId: $id) {
+    __typename
+    ... on Run { runId status jobName tags { key value } }
+    ... on Error { message }
+  }
+}
+"""
+_RUN_FAILURES = """
+query($id: ID!) {
+  runOrError(runId: $id) {
+    __typename
+    ... on Run {
+      eventConnection(limit: 1000) {
+        events {
+          __typename
+          ... on MessageEvent { message stepKey }
+          ... on ErrorEvent { error { message stack } }
+        }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+_MATERIALIZATIONS = """
+query($key: AssetKeyInput!, $limit: Int, $partitions: [String!]) {
+  assetOrError(assetKey: $key) {
+    __typename
+    ... on Asset {
+      assetMaterializations(limit: $limit, partitions: $partitions) {
+        partition runId timestamp stepKey
+        metadataEntries { METADATA_FIELDS }
+      }
+    }
+    ... on Error { message }
+  }
+}
+""".replace("METADATA_FIELDS", _METADATA_FIELDS)
+
+
+class DagsterDevError(RuntimeError):
+    """``dagster dev`` did not start or stop cleanly, or a GraphQL call failed."""
+
+
+@dataclass(frozen=True)
+class Materialization:
+    """One recorded materialization of an asset (partition ``None`` when unpartitioned)."""
+
+    asset_key: str
+    partition: str | None
+    run_id: str
+    timestamp: float
+    metadata: dict[str, Any]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def poll(probe: Callable[[], T | None], *, timeout: float, what: str, interval: float = POLL_INTERVAL_S) -> T:
+    """Call ``probe`` until it returns something other than ``None``; ``TimeoutError`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: still waiting after {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def session_processes(session_id: int) -> list[tuple[int, str]]:
+    """Live processes (not zombies) whose process group or session is ``session_id``: ``(pid, cmdline)``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # exited meanwhile
+            continue
+        # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses
+        state, _ppid, pgrp, session = stat[stat.rindex(")") + 2 :].split()[:4]
+        if state not in ("Z", "X") and session_id in (int(pgrp), int(session)):
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def _asset_path(key: str | Sequence[str]) -> list[str]:
+    return key.split("/") if isinstance(key, str) else list(key)
+
+
+def _metadata_value(entry: Mapping[str, Any]) -> Any:
+    kind = entry["__typename"]
+    if kind == "PathMetadataEntry":
+        return entry["path"]
+    if kind == "TextMetadataEntry":
+        return entry["text"]
+    if kind == "JsonMetadataEntry":
+        return json.loads(entry["jsonString"])
+    if kind == "IntMetadataEntry":
+        return int(entry["intRepr"])
+    if kind == "FloatMetadataEntry":
+        return entry["floatValue"]
+    if kind == "BoolMetadataEntry":
+        return entry["boolValue"]
+    if kind == "UrlMetadataEntry":
+        return entry["url"]
+    if kind == "MarkdownMetadataEntry":
+        return entry["mdStr"]
+    return dict(entry)  # other kinds: the raw GraphQL entry
+
+
+def _expect(result: Mapping[str, Any], typename: str, action: str) -> Mapping[str, Any]:
+    if result["__typename"] != typename:
+        raise DagsterDevError(f"{action}: {result['__typename']}: {json.dumps(result, indent=1)[:4000]}")
+    return result
+
+
+@dataclass
+class DagsterDev:
+    """A running ``dagster dev`` (use :func:`dagster_dev`) and a small GraphQL client for it."""
+
+    directory: Path
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    spec_path: Path
+    data_root: Path
+    dagster_home: Path
+    location_name: str = ""
+    _log_file: Any = field(default=None, repr=False)
+    _stopped: bool = field(default=False, repr=False)
+    _opener: urllib.request.OpenerDirector = field(
+        default_factory=lambda: urllib.request.build_opener(urllib.request.ProxyHandler({})), repr=False
+    )
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    # -- process ----------------------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        directory: str | os.PathLike[str],
+        spec: Any,
+        *,
+        startup_timeout: float = STARTUP_TIMEOUT_S,
+        instance_yaml: str = "",
+        env: Mapping[str, str] | None = None,
+    ) -> DagsterDev:
+        """Start ``dagster dev`` for ``spec`` (a ``DatasetSpec``, a dict or JSON text) under ``directory``
+        and wait until it serves; ``instance_yaml`` is appended to the minimal ``dagster.yaml``."""
+        directory = Path(directory).absolute()
+        directory.mkdir(parents=True, exist_ok=True)
+        spec_path = directory / "spec.json"
+        spec_json = spec.to_json() if hasattr(spec, "to_json") else spec
+        spec_path.write_text(spec_json if isinstance(spec_json, str) else json.dumps(spec_json))
+        home = directory / "dagster_home"
+        home.mkdir(exist_ok=True)
+        (home / "dagster.yaml").write_text(DAGSTER_YAML + instance_yaml)
+        data_root = directory / "data"
+        log_path = directory / "dagster-dev.log"
+        port = free_port()
+        environment = {
+            **os.environ,
+            "SPINLOCK_SPEC": str(spec_path),
+            "SPINLOCK_DATA_ROOT": str(data_root),
+            "DAGSTER_HOME": str(home),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        command = [sys.executable, "-m", "dagster", "dev", "-m", MODULE, "-d", str(REPO_ROOT)]
+        command += ["-h", HOST, "-p", str(port)]
+        log_file = log_path.open("wb")
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=directory,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: SIGTERM to the group stops it all
+            )
+        except BaseException:
+            log_file.close()
+            raise
+        server = cls(directory, port, process, log_path, spec_path, data_root, home, _log_file=log_file)
+        try:
+            server._wait_ready(startup_timeout)
+        except BaseException:
+            with contextlib.suppress(DagsterDevError):
+                server.stop()
+            raise
+        return server
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+
+        def exited() -> None:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                raise DagsterDevError(
+                    f"dagster dev exited with code {code} while starting\n{self.log_tail()}"
+                )
+
+        def answers() -> bool | None:
+            exited()
+            try:
+                with self._opener.open(f"{self.url}/server_info", timeout=5) as response:
+                    return True if response.status == 200 else None
+            except (OSError, urllib.error.URLError):
+                return None
+
+        def location_loaded() -> str | None:
+            exited()
+            data = self.graphql(_WORKSPACE)["workspaceOrError"]
+            for entry in _expect(data, "Workspace", "workspace")["locationEntries"]:
+                if entry["loadStatus"] != "LOADED":
+                    return None
+                location = entry["locationOrLoadError"]
+                if location["__typename"] != "RepositoryLocation":
+                    raise DagsterDevError(f"code location {entry['name']!r} failed to load: {location}")
+                return location["name"]
+            return None
+
+        try:
+            poll(answers, timeout=timeout, what="dagster dev /server_info")
+            self.location_name = poll(
+                location_loaded, timeout=max(deadline - time.monotonic(), 1.0), what="code location load"
+            )
+        except TimeoutError as error:
+            raise DagsterDevError(f"{error}\n{self.log_tail()}") from error
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called (as opposed to the server dying on its own)."""
+        return self._stopped
+
+    @property
+    def running(self) -> bool:
+        return not self._stopped and self.process.poll() is None
+
+    def leftover_processes(self) -> list[tuple[int, str]]:
+        """Processes of the server's process group or session still alive."""
+        return session_processes(self.process.pid)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM to the process group, wait until all of it ended; SIGKILL what is left after
+        ``timeout`` and raise :class:`DagsterDevError` naming it. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        group = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=timeout)
+        leftovers = self.leftover_processes()
+        while leftovers and time.monotonic() < deadline:
+            time.sleep(0.2)
+            leftovers = self.leftover_processes()
+        if leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            for pid, _ in leftovers:  # a process that left the group but not the session
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
+        self._log_file.close()
+        if leftovers:
+            listing = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in leftovers)
+            raise DagsterDevError(
+                f"{len(leftovers)} process(es) of dagster dev still ran {timeout:.0f} s after SIGTERM "
+                f"(killed):\n{listing}\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 80) -> str:
+        """The last ``lines`` lines of the dagster dev log (webserver, daemon, code server, runs)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as error:
+            return f"(no dagster dev log: {error})"
+        return f"--- last {lines} lines of {self.log_path} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    # -- GraphQL ----------------------------------------------------------------------------------
+
+    def graphql(self, query: str, variables: Mapping[str, Any] | None = None, *, timeout: float = 60) -> dict:
+        """POST ``query`` to ``/graphql``; the ``data`` of the answer, ``DagsterDevError`` on any error."""
+        body = json.dumps({"query": query, "variables": dict(variables or {})}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with self._opener.open(request, timeout=timeout) as response:
+                payload = json.load(response)
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")
+            raise DagsterDevError(f"GraphQL HTTP {error.code}: {detail[:4000]}") from error
+        if payload.get("errors"):
+            raise DagsterDevError(f"GraphQL errors: {json.dumps(payload['errors'], indent=1)[:4000]}")
+        return payload["data"]
+
+    def launch_backfill(
+        self,
+        asset_keys: Sequence[str | Sequence[str]],
+        partition_names: Sequence[str] | None = None,
+        *,
+        title: str = "e2e backfill",
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Launch an asset backfill of ``asset_keys`` over ``partition_names`` (all partitions when
+        ``None``); the backfill id."""
+        params: dict[str, Any] = {
+            "assetSelection": [{"path": _asset_path(key)} for key in asset_keys],
+            "title": title,
+            "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
+        }
+        if partition_names is None:
+            params["allPartitions"] = True
+        else:
+            params["partitionNames"] = list(partition_names)
+        result = self.graphql(_LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+        return _expect(result, "LaunchBackfillSuccess", "launchPartitionBackfill")["backfillId"]
+
+    def backfill(self, backfill_id: str) -> dict:
+        """``{id, status, numPartitions, error, runs: [{runId, status, tags}]}`` of a backfill."""
+        result = self.graphql(_BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
+        return dict(_expect(result, "PartitionBackfill", f"backfill {backfill_id}"))
+
+    def wait_backfill(self, backfill_id: str, timeout: float = 300) -> str:
+        """Poll the backfill until it finishes; its final status (``COMPLETED_SUCCESS`` when all went
+        well). ``TimeoutError`` with :meth:`describe_backfill` after ``timeout``."""
+
+        def finished() -> str | None:
+            status = self.backfill(backfill_id)["status"]
+            return status if status in BACKFILL_DONE else None
+
+        try:
+            return poll(finished, timeout=timeout, what=f"backfill {backfill_id}", interval=1.0)
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}\n{self.describe_backfill(backfill_id)}") from None
+
+    def describe_backfill(self, backfill_id: str) -> str:
+        """Backfill status, each run's status, the errors of failed runs and the dev log tail."""
+        backfill = self.backfill(backfill_id)
+        lines = [f"backfill {backfill_id}: {backfill['status']} ({backfill['numPartitions']} partitions)"]
+        if backfill.get("error"):
+            lines.append(f"  error: {backfill['error']['message']}")
+        for run in backfill["runs"]:
+            tags = {t["key"]: t["value"] for t in run["tags"]}
+            lines.append(f"  run {run['runId']}: {run['status']} partition={tags.get('dagster/partition')}")
+            if run["status"] == "FAILURE":
+                lines += [f"    {message}" for message in self.run_failures(run["runId"])]
+        lines.append(self.log_tail())
+        return "\n".join(lines)
+
+    def launch_run(
+        self,
+        job_name: str = ASSET_JOB,
+        asset_keys: Sequence[str | Sequence[str]] | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Launch a run of ``job_name`` (``__ASSET_JOB`` by default), restricted to ``asset_keys`` if
+        given (``tags={"dagster/partition": key}`` for one partition); the run id."""
+        selector: dict[str, Any] = {
+            "repositoryLocationName": self.location_name,
+            "repositoryName": REPOSITORY_NAME,
+            "jobName": job_name,
+        }
+        if asset_keys is not None:
+            selector["assetSelection"] = [{"path": _asset_path(key)} for key in asset_keys]
+        params = {
+            "selector": selector,
+            "runConfigData": dict(run_config or {}),
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
+        }
+        result = self.graphql(_LAUNCH_RUN, {"params": params})["launchRun"]
+        return _expect(result, "LaunchRunSuccess", f"launchRun {job_name}")["run"]["runId"]
+
+    def run(self, run_id: str) -> dict:
+        """``{runId, status, jobName, tags}`` of a run."""
+        result = self.graphql(_RUN, {"id": run_id})["runOrError"]
+        return dict(_expect(result, "Run", f"run {run_id}"))
+
+    def wait_run(self, run_id: str, timeout: float = 300) -> str:
+        """Poll the run until it finishes; its final status (``SUCCESS``, ``FAILURE``, ``CANCELED``)."""
+
+        def finished() -> str | None:
+            status = self.run(run_id)["status"]
+            return status if status in RUN_DONE else None
+
+        try:
+            return poll(finished, timeout=timeout, what=f"run {run_id}", interval=1.0)
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}\n{self.describe_run(run_id)}") from None
+
+    def run_failures(self, run_id: str) -> list[str]:
+        """The error messages (with the last stack line) of a run's failure events."""
+        result = self.graphql(_RUN_FAILURES, {"id": run_id})["runOrError"]
+        messages = []
+        for event in _expect(result, "Run", f"run {run_id}")["eventConnection"]["events"]:
+            error = event.get("error")
+            if error:
+                stack = "".join(error.get("stack") or []).strip().splitlines()
+                where = f" [{stack[-1].strip()}]" if stack else ""
+                messages.append(f"{event.get('stepKey') or 'run'}: {error['message'].strip()}{where}")
+        return messages
+
+    def describe_run(self, run_id: str) -> str:
+        """Run status, its failure messages and the dev log tail."""
+        run = self.run(run_id)
+        lines = [f"run {run_id} ({run['jobName']}): {run['status']}"]
+        lines += [f"  {message}" for message in self.run_failures(run_id)]
+        lines.append(self.log_tail())
+        return "\n".join(lines)
+
+    def asset_materializations(
+        self, asset_key: str | Sequence[str], limit: int = 10, partitions: Sequence[str] | None = None
+    ) -> list[Materialization]:
+        """The latest ``limit`` materializations of an asset (newest first), optionally of some
+        partitions only, with their metadata as Python values (JSON parsed, paths and text as str)."""
+        variables = {"key": {"path": _asset_path(asset_key)}, "limit": limit, "partitions": partitions}
+        result = self.graphql(_MATERIALIZATIONS, variables)["assetOrError"]
+        events = _expect(result, "Asset", f"asset {asset_key}")["assetMaterializations"]
+        return [
+            Materialization(
+                asset_key="/".join(_asset_path(asset_key)),
+                partition=event["partition"],
+                run_id=event["runId"],
+                timestamp=float(event["timestamp"]) / 1000.0,
+                metadata={entry["label"]: _metadata_value(entry) for entry in event["metadataEntries"]},
+            )
+            for event in events
+        ]
+
+
+@contextlib.contextmanager
+def dagster_dev(
+    directory: str | os.PathLike[str],
+    spec: Any,
+    *,
+    startup_timeout: float = STARTUP_TIMEOUT_S,
+    instance_yaml: str = "",
+    env: Mapping[str, str] | None = None,
+) -> Iterator[DagsterDev]:
+    """A running ``dagster dev`` for ``spec`` with its files under ``directory``; stopped (whole
+    process group) on exit. Leftover processes raise :class:`DagsterDevError`, unless the body
+    already raised (they are killed either way)."""
+    server = DagsterDev.start(
+        directory, spec, startup_timeout=startup_timeout, instance_yaml=instance_yaml, env=env
+    )
+    try:
+        yield server
+    except BaseException:
+        with contextlib.suppress(DagsterDevError):
+            server.stop()
+        raise
+    server.stop()

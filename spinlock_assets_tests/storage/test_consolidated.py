@@ -1,0 +1,233 @@
+"""dataset.h5: a plain-h5py view over the shard files that shows missing shards and never mixes specs.
+
+Shards of the tiny dataset (8 operators, shard size 4): ops-000000-000003 and ops-000004-000007.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from spinlock_assets.storage import (
+    FIXED_SOURCES,
+    ConsolidatedSource,
+    InconsistentShardsError,
+    OutputExistsError,
+    ShardStore,
+    SpecMismatchError,
+    build_consolidated_dataset,
+    family_source,
+    parse_shard_key,
+    validate_dataset_file,
+)
+from spinlock_assets.storage.testing import write_tiny_dataset
+from spinlock_assets_tests.storage.helpers import shard_arrays, shard_attrs
+
+KEYS = ["ops-000000-000003", "ops-000004-000007"]
+
+
+def _root_attrs(dataset: Path) -> dict[str, object]:
+    with h5py.File(dataset, "r") as handle:
+        return {key: handle["/metadata"].attrs[key] for key in ("spec_hash", "spec_json")}
+
+
+def _rebuild(
+    root: Path, sources: Sequence[ConsolidatedSource] = FIXED_SOURCES, *, overwrite: bool = True
+) -> Path:
+    dataset = root / "dataset.h5"
+    return build_consolidated_dataset(
+        ShardStore(root),
+        dataset,
+        n_operators=8,
+        shard_keys=KEYS,
+        sources=sources,
+        root_attrs=_root_attrs(dataset),
+        overwrite=overwrite,
+    )
+
+
+def _write_toy_family(root: Path, versions: dict[str, str]) -> None:
+    """Shards of asset ``toy_features`` (arrays series, summary...) for the tiny dataset's spec."""
+    spec = {key: str(value) for key, value in _root_attrs(root / "dataset.h5").items()}
+    for key, version in versions.items():
+        start, stop = parse_shard_key(key)
+        attrs = shard_attrs(start, stop, asset="toy_features", **spec)
+        ShardStore(root).write("toy_features", key, shard_arrays(4, version=version), attrs)
+
+
+def test_plain_h5py_reads_the_same_values_as_the_shards(tmp_path: Path) -> None:
+    dataset = write_tiny_dataset(tmp_path)
+    store = ShardStore(tmp_path)
+    with h5py.File(dataset, "r") as handle:
+        params = handle["/parameters/params"][...]
+        fields_5 = handle["/inputs/fields"][5]
+        feature_names = json.loads(handle["/features/base/series"].attrs["feature_names"])
+        spec = json.loads(handle["/metadata"].attrs["spec_json"])
+    expected = np.concatenate([store.read("operator_parameters", key).arrays["params"].data for key in KEYS])
+    assert params.shape == (8, 4) and np.array_equal(params, expected)
+    assert np.array_equal(fields_5, store.read("initial_conditions", KEYS[1]).arrays["fields"].data[1])
+    assert feature_names[:2] == ["mean", "std"] and spec["n_operators"] == 8
+    assert validate_dataset_file(dataset) == []
+
+
+def test_missing_shard_shows_as_absent_with_fill_values(tmp_path: Path) -> None:
+    dataset = write_tiny_dataset(tmp_path, skip=[("base_features", KEYS[1])])
+    with h5py.File(dataset, "r") as handle:
+        assert handle["/features/base/present"][...].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+        assert handle["/verification/present"][...].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+        assert handle["/parameters/present"][...].tolist() == [1] * 8
+        series = handle["/features/base/series"][...]
+        assert np.isfinite(series[:4]).all() and np.isnan(series[4:]).all()
+        assert handle["/verification/digests"][4:].tolist() == [[b"", b""]] * 4
+        assert (handle["/verification/first_nonfinite_step"][4:] == 0).all()
+        shards = handle["/metadata/shards"][...]
+    assert [(row["asset"], row["shard_key"]) for row in shards if row["asset"] == b"base_features"] == [
+        (b"base_features", KEYS[0].encode())
+    ]
+    assert validate_dataset_file(dataset) == []
+
+
+def test_moving_the_whole_root_keeps_dataset_readable_from_any_directory(tmp_path: Path, monkeypatch) -> None:
+    write_tiny_dataset(tmp_path / "data")
+    with h5py.File(tmp_path / "data" / "dataset.h5", "r") as handle:
+        before = handle["/features/base/series"][...]
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with h5py.File(tmp_path / "moved" / "dataset.h5", "r") as handle:
+        after = handle["/features/base/series"][...]
+    assert np.isfinite(after).all() and np.array_equal(before, after)
+    assert validate_dataset_file(tmp_path / "moved" / "dataset.h5") == []
+
+
+def test_rebuilding_does_not_change_any_shard_file(tmp_path: Path) -> None:
+    write_tiny_dataset(tmp_path)
+    shards = sorted(p for p in tmp_path.rglob("ops-*.h5"))
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in shards}
+    _rebuild(tmp_path)
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in shards} == before
+    assert len(before) == 6
+
+
+def test_existing_dataset_is_not_replaced_unless_told(tmp_path: Path) -> None:
+    write_tiny_dataset(tmp_path)
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
+        _rebuild(tmp_path, overwrite=False)
+
+
+def test_shard_of_another_spec_is_never_mixed_in(tmp_path: Path) -> None:
+    dataset = write_tiny_dataset(tmp_path)
+    before = hashlib.sha256(dataset.read_bytes()).hexdigest()
+    store = ShardStore(tmp_path)
+    other = store.read("base_features", KEYS[1])
+    store.write(
+        "base_features", KEYS[1], other.arrays, {**other.attrs, "spec_hash": "0" * 64}, overwrite=True
+    )
+    spec_hash = _root_attrs(dataset)["spec_hash"]
+    with pytest.raises(SpecMismatchError) as raised:
+        _rebuild(tmp_path)
+    assert "0" * 64 in str(raised.value) and spec_hash in str(raised.value) and KEYS[1] in str(raised.value)
+    assert hashlib.sha256(dataset.read_bytes()).hexdigest() == before  # the old view is untouched
+
+
+def test_shards_with_different_family_versions_are_refused(tmp_path: Path) -> None:
+    write_tiny_dataset(tmp_path)
+    _write_toy_family(tmp_path, {KEYS[0]: "1", KEYS[1]: "2"})
+    with pytest.raises(InconsistentShardsError, match="@version is '2' in .*ops-000004-000007.h5 but '1'"):
+        _rebuild(tmp_path, [*FIXED_SOURCES, family_source("toy", ["series", "summary"])])
+
+
+def test_family_arrays_appear_under_features_family(tmp_path: Path) -> None:
+    dataset = write_tiny_dataset(tmp_path)
+    _write_toy_family(tmp_path, {KEYS[0]: "3"})
+    _rebuild(tmp_path, [*FIXED_SOURCES, family_source("toy", ["series", "summary"])])
+    with h5py.File(dataset, "r") as handle:
+        assert handle["/features/toy/series"].shape == (8, 2, 5, 3)
+        assert handle["/features/toy/present"][...].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+        assert json.loads(handle["/metadata"].attrs["family_versions"]) == {"base": "1", "toy": "3"}
+    assert validate_dataset_file(dataset) == []
+
+
+def test_family_without_any_shard_adds_no_paths(tmp_path: Path) -> None:
+    dataset = write_tiny_dataset(tmp_path)
+    _rebuild(tmp_path, [*FIXED_SOURCES, family_source("toy", ["series"])])
+    with h5py.File(dataset, "r") as handle:
+        assert list(handle["/features"]) == ["base"]
+        assert json.loads(handle["/metadata"].attrs["family_versions"]) == {"base": "1"}
+    assert validate_dataset_file(dataset) == []
+
+
+def test_optional_trajectories_absent_means_no_trajectories_group(tmp_path: Path) -> None:
+    with h5py.File(write_tiny_dataset(tmp_path), "r") as handle:
+        assert "trajectories" not in handle
+    with h5py.File(write_tiny_dataset(tmp_path / "with", trajectories=True), "r") as handle:
+        assert handle["/trajectories/states"].shape == (8, 2, 3, 2, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (["ops-000000-000003"], r"cover operators \[0, 4\), expected \[0, 8\)"),
+        (["ops-000000-000004", "ops-000004-000007"], "expected a shard starting at 5"),
+        (["ops-000000-000003", "ops-000004-000009"], "without gaps or overlaps"),
+    ],
+)
+def test_shard_keys_must_tile_the_operators(tmp_path: Path, keys: list[str], message: str) -> None:
+    dataset = write_tiny_dataset(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        build_consolidated_dataset(
+            ShardStore(tmp_path),
+            dataset,
+            n_operators=8,
+            shard_keys=keys,
+            sources=FIXED_SOURCES,
+            root_attrs=_root_attrs(dataset),
+            overwrite=True,
+        )
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        [ConsolidatedSource("a", {"x": "/g/b"}), ConsolidatedSource("b", {"y": "/g/b/c"})],
+        [ConsolidatedSource("a", {"x": "/g/b", "y": "/g/b"})],
+        [ConsolidatedSource("a", {"x": "/g/x"}), ConsolidatedSource("b", {"y": "/g/y"})],
+        [ConsolidatedSource("a", {"x": "/metadata/x"})],
+        [ConsolidatedSource("a", {"x": "/g/present"})],
+    ],
+)
+def test_sources_whose_paths_collide_are_refused_before_reading(tmp_path: Path, sources: list) -> None:
+    with pytest.raises(ValueError, match="collide|would hold arrays of assets|target must be"):
+        build_consolidated_dataset(
+            ShardStore(tmp_path),
+            tmp_path / "dataset.h5",
+            n_operators=8,
+            shard_keys=KEYS,
+            sources=sources,
+            root_attrs={"spec_hash": "0" * 64, "spec_json": "{}"},
+        )
+    assert not (tmp_path / "dataset.h5").exists()
+
+
+def test_given_family_versions_must_agree_with_the_shards(tmp_path: Path) -> None:
+    dataset = write_tiny_dataset(tmp_path)
+    with pytest.raises(
+        ValueError, match="root_attrs\\['family_versions'\\]: the shards give \\{'base': '1'\\}"
+    ):
+        build_consolidated_dataset(
+            ShardStore(tmp_path),
+            dataset,
+            n_operators=8,
+            shard_keys=KEYS,
+            sources=FIXED_SOURCES,
+            root_attrs={**_root_attrs(dataset), "family_versions": {"base": "2"}},
+            overwrite=True,
+        )
