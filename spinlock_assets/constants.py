@@ -17,3 +17,7 @@ DEFAULT_SPEC_PATH = Path(__file__).parent / "specs" / "default.json"
 DEFAULT_DATA_ROOT = "data"
 
 OWNERS = ["team:operator-datasets"]
+
+# Scheduled verification: daily at 03:00, a rotating window of this many operators per shard.
+VERIFY_CRON = "0 3 * * *"
+VERIFY_OPERATORS_PER_SHARD = 2

@@ -23,6 +23,8 @@ from .io_manager import HDF5ShardIOManager
 from .jobs import build_jobs
 from .partitions import shard_partitions
 from .resources import DatasetResource, RolloutResource
+from .verification import build_checks, build_verification_schedule
+from .verification.schedules import build_verification_job
 
 __all__ = ["build_definitions", "defs"]
 
@@ -38,10 +40,14 @@ def build_definitions(
     generation = build_generation_assets(partitions)
     features = build_feature_assets(partitions, families)
     dataset_asset = build_dataset_asset([*generation, *features], families)
+    shard_assets = [key.path[-1] for assets_def in (*generation, *features) for key in assets_def.keys]
+    verification_job = build_verification_job()
     dataset = DatasetResource(spec_json=spec.to_json(), data_root=str(Path(data_root).absolute()))
     return dg.Definitions(
         assets=[*generation, *features, dataset_asset],
-        jobs=build_jobs(),
+        asset_checks=build_checks(partitions, shard_assets),
+        jobs=[*build_jobs(), verification_job],
+        schedules=[build_verification_schedule(verification_job, partitions)],
         resources={
             "dataset": dataset,
             "rollout": rollout or RolloutResource(),

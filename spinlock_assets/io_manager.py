@@ -68,7 +68,7 @@ class HDF5ShardIOManager(dg.ConfigurableIOManager):
                 "path": dg.MetadataValue.path(str(info.path)),
                 "sha256": info.sha256,
                 "bytes": info.n_bytes,
-                "operators": f"{shard.start}..{shard.stop - 1}",
+                "operator_range": f"{shard.start}..{shard.stop - 1}",
                 "spec_hash": spec.spec_hash,
                 "code_version": code_version,
                 "fingerprint": dg.MetadataValue.json(obj.fingerprint),

@@ -89,3 +89,13 @@ class RolloutResource(dg.ConfigurableResource):
             progress=ProgressLog(log),
             build_operator=self.build_operator,
         )
+
+    def verify(self, records: list[OperatorRecord], *, log: Any = None) -> list[Any]:
+        """Replay ``records`` and classify each against its stored digests (``core.verification``)."""
+        from .core.verification import classify, same_fingerprint
+
+        current = self.fingerprint()
+        return [
+            classify(record, rollout, same_fingerprint=same_fingerprint(record.fingerprint, current))
+            for record, rollout in zip(records, self.roll_out(records, log=log), strict=True)
+        ]

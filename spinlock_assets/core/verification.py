@@ -22,7 +22,7 @@ from .fingerprint import execution_fingerprint, fingerprint_id
 from .record import OperatorRecord
 from .rollout import RolloutRecord
 
-__all__ = ["ATOL", "RTOL", "Verification", "replay", "replay_rollout", "verify", "classify"]
+__all__ = ["ATOL", "RTOL", "Verification", "classify", "replay", "replay_rollout", "rotating_sample", "same_fingerprint", "verify"]
 
 RTOL = 1e-4
 ATOL = 1e-6
@@ -88,8 +88,26 @@ def _max_relative_error(stored: np.ndarray | None, replayed: np.ndarray) -> floa
     return float(np.max(np.abs(a - b) / (ATOL + RTOL * np.abs(a))))
 
 
+def same_fingerprint(stored: dict | None, current: dict) -> bool:
+    """Whether an operator generated under ``stored`` replays under the same numerics now (an operator
+    with no recorded fingerprint is assumed to be, so a mismatch is then an error, never excused)."""
+    return stored is None or fingerprint_id(stored) == fingerprint_id(current)
+
+
 def verify(record: OperatorRecord, *, device: str = "cpu") -> Verification:
     """Replay ``record`` and classify the result against its stored digests and fingerprint."""
-    current = fingerprint_id(execution_fingerprint(device))
-    same = record.fingerprint is None or fingerprint_id(record.fingerprint) == current
+    same = same_fingerprint(record.fingerprint, execution_fingerprint(device))
     return classify(record, replay_rollout(record, device=device), same_fingerprint=same)
+
+
+def rotating_sample(start: int, stop: int, size: int, rotation: int) -> list[int]:
+    """Operators of ``[start, stop)`` verified at tick ``rotation``: window ``rotation`` of ``size``
+    consecutive operators (wrapping). Ticks 0..ceil(n/size)-1 cover every operator at least once."""
+    n = stop - start
+    if size < 1:
+        raise ValueError(f"sample size must be >= 1, got {size}")
+    if size >= n:
+        return list(range(start, stop))
+    windows = -(-n // size)
+    first = (rotation % windows) * size
+    return sorted({start + (first + k) % n for k in range(size)})

@@ -65,16 +65,19 @@ def build_feature_assets(partitions: dg.PartitionsDefinition, families: Sequence
     ):
         """Replays each operator of the shard once and computes every selected family from it."""
         from ..core.extraction import extract_families
-        from ..core.fingerprint import fingerprint_id
+        from ..core.verification import same_fingerprint
         from ..progress import ProgressLog
         from ..storage.operator_arrays import family_arrays
 
         selected = [by_asset[key.path[-1]] for key in sorted(context.selected_asset_keys)]
         records = load_records(dataset, operator_parameters, initial_conditions, base_features)
         fingerprint = rollout.fingerprint()
-        same = fingerprint_id(fingerprint) == fingerprint_id(records[0].fingerprint or fingerprint)
         extraction = extract_families(
-            records, selected, build_operator=rollout.build_operator, same_fingerprint=same, progress=ProgressLog(context.log)
+            records,
+            selected,
+            build_operator=rollout.build_operator,
+            same_fingerprint=same_fingerprint(records[0].fingerprint, fingerprint),
+            progress=ProgressLog(context.log),
         )
         statuses = [v.status for v in extraction.verifications]
         for family in selected:

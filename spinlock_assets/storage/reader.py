@@ -15,7 +15,7 @@ import numpy as np
 
 from spinlock_assets.core.record import OperatorRecord
 from spinlock_assets.core.spec import DatasetSpec
-from spinlock_assets.storage.errors import ShardMissingError
+from spinlock_assets.storage.errors import ShardMissingError, StorageError
 from spinlock_assets.storage.operator_arrays import stored_records
 
 __all__ = ["DATASET_FILE", "DatasetReader", "open_dataset"]
@@ -40,7 +40,12 @@ class DatasetReader:
         if not self.path.is_file():
             raise ShardMissingError(f"no dataset file at {self.path}; materialize the 'dataset' asset first")
         self.file = h5py.File(self.path, "r")
-        self.spec = DatasetSpec.from_json(self.file["/metadata"].attrs["spec_json"])
+        try:
+            self.spec = DatasetSpec.from_json(self.file["/metadata"].attrs["spec_json"])
+        except KeyError:
+            self.file.close()
+            raise StorageError(f"{self.path} is not a spinlock dataset (no /metadata@spec_json)") from None
+        self._shards = self.file["/metadata/shards"][...]
 
     def __enter__(self) -> DatasetReader:
         return self
@@ -64,22 +69,33 @@ class DatasetReader:
 
     def fingerprint(self, index: int) -> dict | None:
         """The execution fingerprint of the base_features shard holding operator ``index``."""
-        for row in self.file["/metadata/shards"][...]:
-            if row["asset"] == b"base_features" and row["operator_start"] <= index < row["operator_stop"]:
-                return json.loads(row["fingerprint_json"])
+        row = self._shard_row("base_features", index)
+        return None if row is None else json.loads(row["fingerprint_json"])
+
+    def _shard_row(self, asset: str, index: int):
+        for row in self._shards:
+            if row["asset"] == asset.encode() and row["operator_start"] <= index < row["operator_stop"]:
+                return row
         return None
+
+    def _require_shard_file(self, asset: str, index: int) -> None:
+        """A shard listed when dataset.h5 was built but deleted since would read as fill values: refuse."""
+        row = self._shard_row(asset, index)
+        path = self.path.parent / asset / f"{row['shard_key'].decode()}.h5" if row is not None else None
+        if path is None or not path.is_file():
+            raise ShardMissingError(f"operator {index}: the {asset} shard file is missing ({path or 'never built'})")
 
     def operator(self, index: int) -> OperatorRecord:
         """Operator ``index``: rebuildable and replayable, with its stored digests when generated."""
         if not 0 <= index < self.n_operators:
             raise IndexError(f"operator index {index} outside 0..{self.n_operators - 1}")
-        for group in ("/parameters", "/inputs"):
-            if not self.present(group, index):
-                raise ShardMissingError(f"operator {index}: its {group} shard is missing from {self.path}")
+        for asset in ("operator_parameters", "initial_conditions"):
+            self._require_shard_file(asset, index)
         row = slice(index, index + 1)
         parameters = {name: self.file[path][row] for name, path in _PARAMETER_PATHS.items()}
         base = None
-        if "/verification" in self.file and self.present("/verification", index):
+        if self._shard_row("base_features", index) is not None:
+            self._require_shard_file("base_features", index)
             base = {"digests": self.file["/verification/digests"][row], "series": self.file["/features/base/series"][row]}
         fields = np.asarray(self.file["/inputs/fields"][row])
         return stored_records(self.spec, parameters, fields, base, self.fingerprint(index))[0]

@@ -100,7 +100,7 @@ def write_shard_file(
     for name, array in arrays.items():
         check_stored_array(name, array, file_attrs["operator_start"], file_attrs["operator_stop"])
     with atomic_output(path, overwrite=overwrite, exists_error=ShardExistsError) as tmp:
-        # libver v110: object headers with checksums, so damaged metadata is detected too.
+        # libver v110: checksummed object headers, so damaged names, shapes and dtypes fail the read too.
         with h5py.File(tmp, "w-", libver=("v110", "latest")) as handle:
             handle.attrs.update({key: encode_attr(value) for key, value in file_attrs.items()})
             for name, array in arrays.items():

@@ -83,7 +83,7 @@ query {
         locationOrLoadError {
           __typename
           ... on RepositoryLocation { name repositories { name } }
-          ... on PythonError { message stack }
+          ... on PythonError { message errorChain { error { message } } }
         }
       }
     }
@@ -356,7 +356,10 @@ class DagsterDev:
                     return None
                 location = entry["locationOrLoadError"]
                 if location["__typename"] != "RepositoryLocation":
-                    raise DagsterDevError(f"code location {entry['name']!r} failed to load: {location}")
+                    chain = [location.get("message", "")]
+                    chain += [link["error"]["message"] for link in location.get("errorChain") or []]
+                    causes = "\n".join(message.strip() for message in chain if message)
+                    raise DagsterDevError(f"code location {entry['name']!r} failed to load:\n{causes}")
                 return location["name"]
             return None
 

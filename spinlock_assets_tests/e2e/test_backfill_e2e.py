@@ -126,7 +126,8 @@ def test_backfill_generates_every_shard_and_a_dataset_that_replays_exactly(serve
         assert metadata["spec_hash"] == spec.spec_hash
         assert metadata["code_version"] == BASE_CODE_VERSION
         start, stop = (int(part) for part in key.split("-")[1:])
-        assert metadata["operators"] == f"{start}..{stop}"
+        assert metadata["operators"] == stop - start + 1
+        assert metadata["operator_range"] == f"{start}..{stop}"
         with h5py.File(path, "r") as shard:
             assert metadata["fingerprint"] == json.loads(shard.attrs["fingerprint_json"])
         assert metadata["fingerprint"], "an empty execution fingerprint cannot support replay"
@@ -167,7 +168,8 @@ def test_one_backfill_of_two_replay_families_replays_each_operator_once(server: 
     for asset in REPLAY_FAMILIES:
         [event] = server.asset_materializations(asset, limit=1, partitions=[shard])
         assert event.run_id == run["runId"], asset
-        assert event.metadata["operators"] == "4..7"
+        assert event.metadata["operators"] == 4
+        assert event.metadata["operator_range"] == "4..7"
         assert event.metadata["rollouts_replayed"] == 4, f"{asset}: each of the 4 operators replayed once"
         assert event.metadata["replay_exact"] == 4
         assert (server.data_root / asset / f"{shard}.h5").is_file()

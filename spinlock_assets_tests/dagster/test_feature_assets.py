@@ -1,0 +1,103 @@
+"""Derived families through Dagster: one replay feeds many, registration of a new family, staleness,
+verification while extracting."""
+
+from __future__ import annotations
+
+import dagster as dg
+import h5py
+import numpy as np
+import pytest
+
+from spinlock_assets.core.features.family import ArraySpec, FeatureFamily, Needs, OperatorInputs
+from spinlock_assets.core.features.registry import FAMILIES, get_family
+from spinlock_assets.storage import ShardStore
+from spinlock_assets_tests.conftest import tiny_spec
+from spinlock_assets_tests.dagster.helpers import SHARDS, generate, materialize, tiny_definitions
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A tiny dataset with every shard generated; tests copy nothing and write only family files."""
+    root = tmp_path_factory.mktemp("data")
+    with dg.instance_for_test() as instance:
+        generate(tiny_definitions(tiny_spec(), root), instance)
+        yield root, instance
+
+
+def _metadata(result, asset):
+    event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path == [asset])
+    return {key: value.value for key, value in event.materialization.metadata.items()}
+
+
+def test_three_replay_families_in_one_run_replay_each_operator_once(generated):
+    root, instance = generated
+    defs = tiny_definitions(tiny_spec(), root)
+    selection = ["spectral_features", "invariant_drift_features", "cross_channel_features"]
+    result = materialize(defs, selection, instance, SHARDS[0])
+    assert result.success
+    for asset in selection:
+        metadata = _metadata(result, asset)
+        assert metadata["rollouts_replayed"] == 4  # 4 operators, not 12
+        assert metadata["replay_exact"] == 4
+        assert (root / asset / "ops-000000-000003.h5").is_file()
+
+
+def test_base_series_family_needs_no_replay(generated):
+    root, instance = generated
+    result = materialize(tiny_definitions(tiny_spec(), root), ["dynamics_features"], instance, SHARDS[1])
+    assert _metadata(result, "dynamics_features")["rollouts_replayed"] == 0
+
+
+def test_family_arrays_are_self_describing(generated):
+    root, instance = generated
+    materialize(tiny_definitions(tiny_spec(), root), ["spectral_features"], instance, SHARDS[2])
+    with h5py.File(root / "spectral_features" / "ops-000008-000011.h5") as f:
+        series = f["series"]
+        assert series.shape == (4, 3, 6, 2, 17)
+        for attr in ("feature_names", "version", "source", "config", "axes"):
+            assert attr in series.attrs
+        assert series.attrs["source"] == "replay"
+
+
+def _mean_energy(inputs: OperatorInputs) -> dict[str, np.ndarray]:
+    energy = (inputs.trajectories.numpy() ** 2).mean(axis=(1, 3, 4))  # [M, C]
+    return {"mean_energy": energy.astype(np.float32)}
+
+
+MEAN_ENERGY = FeatureFamily(
+    name="mean_energy",
+    version="0.1.0",
+    needs=Needs.ROLLOUT,
+    description="Time-averaged energy per realization and channel.",
+    arrays=(ArraySpec("mean_energy", ("realization", "feature"), ("c0", "c1")),),
+    compute=_mean_energy,
+)
+
+
+def test_a_new_family_materializes_through_the_public_registration_path(generated):
+    root, instance = generated
+    families = [*(f for f in FAMILIES.values() if f.name != "base"), MEAN_ENERGY]
+    defs = tiny_definitions(tiny_spec(), root, families=families)
+    assert "mean_energy_features" in {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    result = materialize(defs, ["mean_energy_features"], instance, SHARDS[0])
+    assert result.success
+    stored = ShardStore(root).read("mean_energy_features", SHARDS[0]).arrays["mean_energy"]
+    assert stored.data.shape == (4, 3, 2) and np.isfinite(stored.data).all()
+
+
+def test_replay_that_does_not_match_the_stored_digest_fails_naming_the_operator(tmp_path):
+    with dg.instance_for_test() as instance:
+        defs = tiny_definitions(tiny_spec(), tmp_path)
+        generate(defs, instance, SHARDS[:1])
+        with h5py.File(tmp_path / "base_features" / "ops-000000-000003.h5", "r+") as f:
+            f["digests"][2, 1] = b"0" * 64  # operator 2, realization 1
+        result = materialize(defs, ["spectral_features"], instance, SHARDS[0], raise_on_error=False)
+    assert not result.success
+    message = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert "operators [2]" in message
+    assert not (tmp_path / "spectral_features").exists() or not any((tmp_path / "spectral_features").iterdir())
+
+
+def test_unknown_family_name_lists_known_ones():
+    with pytest.raises(ValueError, match="spectral"):
+        get_family("spectrl")
