@@ -35,6 +35,27 @@ class DatasetResource(dg.ConfigurableResource):
 
         return ShardStore(self.data_root)
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.check_root_matches_spec()
+
+    def check_root_matches_spec(self) -> None:
+        """Refuse, before any work, a data root holding shards of another spec (e.g. T or grid changed):
+        mixing them would silently corrupt the dataset. Raises ``SpecMismatchError`` naming both hashes."""
+        from .storage import SpecMismatchError
+
+        root = self.store.root
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+            keys = self.store.shard_keys(folder.name)
+            if not keys:
+                continue
+            stored = self.store.read_header(folder.name, keys[0]).attrs.get("spec_hash")
+            if stored != self.spec.spec_hash:
+                raise SpecMismatchError(
+                    f"{self.store.path(folder.name, keys[0])} was written for spec hash {stored}, but the current "
+                    f"spec has hash {self.spec.spec_hash}: a changed spec needs a new dataset root "
+                    f"(set SPINLOCK_DATA_ROOT to an empty folder)"
+                )
+
 
 class RolloutResource(dg.ConfigurableResource):
     """The seeded rollout engine. Generation and replay both run through ``roll_out`` here, on one device,

@@ -7,8 +7,6 @@ shard, so every operator is replayed once every ``ceil(shard_size / k)`` ticks (
 ``operators_per_shard``). With the default daily cron, n is the number of days since 1970-01-01.
 """
 
-import datetime
-
 import dagster as dg
 
 from ..constants import VERIFY_CRON, VERIFY_OPERATORS_PER_SHARD
@@ -41,8 +39,7 @@ def build_verification_schedule(
     @dg.schedule(job=job, cron_schedule=VERIFY_CRON, default_status=dg.DefaultScheduleStatus.RUNNING)
     def verify_replay_sample(context: dg.ScheduleEvaluationContext):
         """Replays a rotating sample of operators in every materialized shard and checks their digests."""
-        tick_time = context.scheduled_execution_time or datetime.datetime.now(datetime.timezone.utc)
-        rotation = int(tick_time.timestamp() // _SECONDS_PER_TICK)
+        rotation = int(context.scheduled_execution_time.timestamp() // _SECONDS_PER_TICK)
         materialized = context.instance.get_materialized_partitions(dg.AssetKey("base_features"))
         keys = sorted(materialized & set(partitions.get_partition_keys()))
         if not keys:
