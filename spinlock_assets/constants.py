@@ -13,6 +13,7 @@ DATASET_GROUP = "dataset"
 # Where the dataset spec and the HDF5 folder come from (read once, by definitions.py).
 SPEC_ENV_VAR = "SPINLOCK_SPEC"
 DATA_ROOT_ENV_VAR = "SPINLOCK_DATA_ROOT"
+PLUGINS_ENV_VAR = "SPINLOCK_PLUGINS"  # modules that register extra feature families
 DEFAULT_SPEC_PATH = Path(__file__).parent / "specs" / "default.json"
 DEFAULT_DATA_ROOT = "data"
 

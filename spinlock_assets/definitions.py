@@ -7,13 +7,14 @@ The dataset spec comes from ``$SPINLOCK_SPEC`` (default: the small CPU-friendly 
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
 
-from .constants import DATA_ROOT_ENV_VAR, DEFAULT_DATA_ROOT, DEFAULT_SPEC_PATH, SPEC_ENV_VAR
+from .constants import DATA_ROOT_ENV_VAR, DEFAULT_DATA_ROOT, DEFAULT_SPEC_PATH, PLUGINS_ENV_VAR, SPEC_ENV_VAR
 from .core.spec import DatasetSpec, load_spec
 from .dataset import build_dataset_asset
 from .features import build_feature_assets
@@ -59,5 +60,14 @@ def build_definitions(
 def _spec_from_environment() -> DatasetSpec:
     return load_spec(os.environ.get(SPEC_ENV_VAR) or DEFAULT_SPEC_PATH)
 
+
+def _import_plugins() -> None:
+    """Import the modules named in ``$SPINLOCK_PLUGINS`` (comma-separated): each registers its own feature
+    families with ``register_family``, so a research group adds families without editing this package."""
+    for name in filter(None, (part.strip() for part in os.environ.get(PLUGINS_ENV_VAR, "").split(","))):
+        importlib.import_module(name)
+
+
+_import_plugins()
 
 defs = build_definitions(_spec_from_environment(), os.environ.get(DATA_ROOT_ENV_VAR) or DEFAULT_DATA_ROOT)
