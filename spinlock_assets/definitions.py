@@ -31,7 +31,11 @@ __all__ = ["build_definitions", "defs"]
 
 
 def build_definitions(
-    spec: DatasetSpec, data_root: str | Path, *, families: Sequence | None = None, rollout: RolloutResource | None = None
+    spec: DatasetSpec,
+    data_root: str | Path,
+    *,
+    families: Sequence | None = None,
+    rollout: RolloutResource | None = None,
 ) -> dg.Definitions:
     """Everything Dagster needs for one dataset: assets, checks, jobs, schedules and resources."""
     from .core.features.registry import derived_families

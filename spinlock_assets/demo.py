@@ -26,9 +26,13 @@ def _prepare_instance(home: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spinlock_assets.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m spinlock_assets.demo", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--dagster-home", default=os.environ.get("DAGSTER_HOME", "dagster_home"))
-    parser.add_argument("--verify-sample", type=int, default=8, help="operators to replay and check (default 8)")
+    parser.add_argument(
+        "--verify-sample", type=int, default=8, help="operators to replay and check (default 8)"
+    )
     args = parser.parse_args(argv)
     _prepare_instance(Path(args.dagster_home))
 
@@ -47,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         job = defs.resolve_job_def(GENERATION_JOB)
         keys = job.partitions_def.get_partition_keys()
         todo = [key for key in keys if key not in done]
-        print(f"dataset '{spec.name}': {spec.n_operators} operators in {len(keys)} shards "
-              f"({len(keys) - len(todo)} already materialized); spec hash {spec.spec_hash}")
+        print(
+            f"dataset '{spec.name}': {spec.n_operators} operators in {len(keys)} shards "
+            f"({len(keys) - len(todo)} already materialized); spec hash {spec.spec_hash}"
+        )
         for number, key in enumerate(todo, start=1):
             result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
             status = "ok" if result.success else "FAILED"
@@ -63,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
     path = Path(dataset.data_root) / "dataset.h5"
     with open_dataset(path) as reader:
-        sample = np.random.default_rng(0).choice(spec.n_operators, size=min(args.verify_sample, spec.n_operators), replace=False)
+        sample = np.random.default_rng(0).choice(
+            spec.n_operators, size=min(args.verify_sample, spec.n_operators), replace=False
+        )
         statuses = {int(i): verify(reader.operator(int(i))).status for i in sorted(sample)}
     exact = sum(status == "exact" for status in statuses.values())
     print(f"replayed {len(statuses)} operators from dataset.h5 alone: {exact} bit-exact {statuses}")

@@ -18,7 +18,8 @@ def build_jobs() -> list:
         dg.define_asset_job(
             GENERATION_JOB,
             selection=dg.AssetSelection.groups(INPUTS_GROUP, GENERATION_GROUP),
-            description="Parameters, initial conditions and the generation rollout (base features + digests) per shard.",
+            description="Parameters, initial conditions and the generation rollout (base features + digests)"
+            " per shard.",
             executor_def=dg.in_process_executor,
         ),
         dg.define_asset_job(

@@ -12,7 +12,9 @@ __all__ = ["shard_partitions", "operator_range"]
 
 def shard_partitions(spec: DatasetSpec) -> dg.StaticPartitionsDefinition:
     """Static partitions ``ops-000000-000015, ...`` for every shard of the spec; growing N appends keys."""
-    return dg.StaticPartitionsDefinition([shard.key for shard in shard_ranges(spec.n_operators, spec.shard_size)])
+    return dg.StaticPartitionsDefinition(
+        [shard.key for shard in shard_ranges(spec.n_operators, spec.shard_size)]
+    )
 
 
 def operator_range(partition_key: str) -> range:

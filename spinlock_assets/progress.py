@@ -9,7 +9,7 @@ __all__ = ["ProgressLog"]
 
 
 class ProgressLog:
-    """A ``progress(done, total)`` callback that logs at most every ``interval_s`` seconds (and at the end)."""
+    """A ``progress(done, total)`` callback; logs at most every ``interval_s`` seconds, and at the end."""
 
     def __init__(self, log: Any, *, label: str = "operators", interval_s: float = 5.0) -> None:
         self.log, self.label, self.interval_s = log, label, interval_s

@@ -51,7 +51,8 @@ class DatasetResource(dg.ConfigurableResource):
             stored = self.store.read_header(folder.name, keys[0]).attrs.get("spec_hash")
             if stored != self.spec.spec_hash:
                 raise SpecMismatchError(
-                    f"{self.store.path(folder.name, keys[0])} was written for spec hash {stored}, but the current "
+                    f"{self.store.path(folder.name, keys[0])} was written for spec hash {stored}, "
+                    f"but the current "
                     f"spec has hash {self.spec.spec_hash}: a changed spec needs a new dataset root "
                     f"(set SPINLOCK_DATA_ROOT to an empty folder)"
                 )

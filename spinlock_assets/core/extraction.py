@@ -55,7 +55,10 @@ def extract_families(
         trajectories = None
         if Needs.ROLLOUT in needs:
             replayed = run_rollout(
-                operator, record.initial_condition, steps=record.spec.steps, noise_seeds=record.seeds.noise_seeds,
+                operator,
+                record.initial_condition,
+                steps=record.spec.steps,
+                noise_seeds=record.seeds.noise_seeds,
                 keep_trajectories=True,
             )
             extraction.rollouts += 1
@@ -75,7 +78,8 @@ def extract_families(
     failed = [v for v in extraction.verifications if not v.ok]
     if failed:
         raise ReplayMismatchError(
-            f"replay does not reproduce the stored rollouts of operators {[v.operator_index for v in failed]} "
+            f"replay does not reproduce the stored rollouts of operators "
+            f"{[v.operator_index for v in failed]} "
             f"({sorted({v.status for v in failed})}); no features were stored"
         )
     return extraction

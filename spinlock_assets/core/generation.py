@@ -21,7 +21,13 @@ if TYPE_CHECKING:
     from .operator import StochasticCNN
     from .rollout import RolloutRecord
 
-__all__ = ["ParameterTable", "operator_parameters", "generate_initial_conditions", "operator_records", "roll_out"]
+__all__ = [
+    "ParameterTable",
+    "operator_parameters",
+    "generate_initial_conditions",
+    "operator_records",
+    "roll_out",
+]
 
 # progress(done, total) is called after each operator.
 Progress = Callable[[int, int], None]
@@ -66,7 +72,12 @@ def generate_initial_conditions(spec: DatasetSpec, table: ParameterTable) -> np.
     fields = np.empty((len(table), spec.channels, spec.height, spec.width), dtype=np.float32)
     for row, (hp, seeds) in enumerate(zip(table.hyperparameters, table.seeds, strict=True)):
         fields[row] = initial_condition(
-            hp.ic_family, scale=hp.ic_scale, channels=spec.channels, height=spec.height, width=spec.width, seed=seeds.ic_seed
+            hp.ic_family,
+            scale=hp.ic_scale,
+            channels=spec.channels,
+            height=spec.height,
+            width=spec.width,
+            seed=seeds.ic_seed,
         )
     return fields
 

@@ -94,7 +94,7 @@ def map_parameters(point: np.ndarray, space: ParameterSpace) -> OperatorHyperpar
     if point.shape != (len(PARAMETER_NAMES),) or not np.all((point >= 0) & (point <= 1)):
         raise ValueError(
             f"parameter point must have shape ({len(PARAMETER_NAMES)},) with values in [0, 1]; "
-            f"got shape {point.shape}, range [{point.min() if point.size else 'n/a'}, {point.max() if point.size else 'n/a'}]"
+            f"got shape {point.shape} and values {point.tolist()}"
         )
     u = dict(zip(PARAMETER_NAMES, (float(x) for x in point), strict=True))
     low, high = space.n_layers
@@ -131,9 +131,15 @@ HYPERPARAMETER_FIELDS = (
 )
 
 
-def hyperparameter_table(rows: list[OperatorHyperparameters], space: ParameterSpace) -> tuple[np.ndarray, dict]:
+def hyperparameter_table(
+    rows: list[OperatorHyperparameters], space: ParameterSpace
+) -> tuple[np.ndarray, dict]:
     """``[n, len(HYPERPARAMETER_FIELDS)]`` float64 (NaN where a policy has no dt/alpha) and the categories."""
-    categories = {"activation": list(space.activations), "policy": list(space.policies), "ic_family": list(space.ic_families)}
+    categories = {
+        "activation": list(space.activations),
+        "policy": list(space.policies),
+        "ic_family": list(space.ic_families),
+    }
     table = np.full((len(rows), len(HYPERPARAMETER_FIELDS)), np.nan)
     for i, row in enumerate(rows):
         for j, name in enumerate(HYPERPARAMETER_FIELDS):

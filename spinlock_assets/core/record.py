@@ -37,5 +37,8 @@ class OperatorRecord:
         from .operator import build_operator
 
         return build_operator(
-            self.hyperparameters, channels=self.spec.channels, weight_seed=self.seeds.weight_seed, device=device
+            self.hyperparameters,
+            channels=self.spec.channels,
+            weight_seed=self.seeds.weight_seed,
+            device=device,
         )

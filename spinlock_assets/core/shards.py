@@ -35,12 +35,16 @@ class ShardRange:
 
 def shard_ranges(n_operators: int, shard_size: int) -> list[ShardRange]:
     """All shards of a dataset; ``n_operators`` is a multiple of ``shard_size`` (the spec enforces it)."""
-    return [ShardRange(start, min(start + shard_size, n_operators)) for start in range(0, n_operators, shard_size)]
+    return [
+        ShardRange(start, min(start + shard_size, n_operators)) for start in range(0, n_operators, shard_size)
+    ]
 
 
 def parse_shard_key(key: str) -> ShardRange:
     """The operator range a key names; a malformed key is a ``ValueError`` that shows the expected form."""
     match = _KEY.match(key)
     if not match or int(match.group(2)) < int(match.group(1)):
-        raise ValueError(f"shard key must look like 'ops-000000-000015' (first and last operator); got {key!r}")
+        raise ValueError(
+            f"shard key must look like 'ops-000000-000015' (first and last operator); got {key!r}"
+        )
     return ShardRange(int(match.group(1)), int(match.group(2)) + 1)

@@ -31,7 +31,8 @@ __all__ = [
 
 POLICIES = ("autoregressive", "residual", "convex")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
-# Kept here (not imported from initial_conditions) so the spec stays a leaf module; a test checks the two agree.
+# Kept here (not imported from initial_conditions) so the spec stays a leaf module; a test checks
+# that the two agree.
 IC_FAMILY_NAMES = ("gaussian_random_field", "multiscale", "blobs", "structured")
 MIN_GRID = 8
 
@@ -44,7 +45,9 @@ class SpecError(ValueError):
         self.field_name = field_name
 
 
-def _check_range(name: str, bounds: tuple[float, float], *, positive: bool = False, upper: float | None = None) -> None:
+def _check_range(
+    name: str, bounds: tuple[float, float], *, positive: bool = False, upper: float | None = None
+) -> None:
     low, high = bounds
     if not low <= high:
         raise SpecError(name, "an increasing pair (low, high)", bounds)
@@ -80,11 +83,17 @@ class ParameterSpace:
     def __post_init__(self) -> None:
         low, high = self.n_layers
         if not (isinstance(low, int) and isinstance(high, int) and 2 <= low <= high):
-            raise SpecError("parameter_space.n_layers", "integers (low, high) with 2 <= low <= high", self.n_layers)
+            raise SpecError(
+                "parameter_space.n_layers", "integers (low, high) with 2 <= low <= high", self.n_layers
+            )
         if not self.widths or any(not isinstance(w, int) or w < 1 for w in self.widths):
             raise SpecError("parameter_space.widths", "a non-empty list of positive integers", self.widths)
-        if not self.kernel_sizes or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in self.kernel_sizes):
-            raise SpecError("parameter_space.kernel_sizes", "a non-empty list of odd positive integers", self.kernel_sizes)
+        if not self.kernel_sizes or any(
+            not isinstance(k, int) or k < 1 or k % 2 == 0 for k in self.kernel_sizes
+        ):
+            raise SpecError(
+                "parameter_space.kernel_sizes", "a non-empty list of odd positive integers", self.kernel_sizes
+            )
         _check_choices("parameter_space.activations", self.activations, ACTIVATIONS)
         _check_choices("parameter_space.policies", self.policies, POLICIES)
         _check_choices("parameter_space.ic_families", self.ic_families, IC_FAMILY_NAMES)
@@ -121,13 +130,21 @@ class DatasetSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.root_seed, int) or self.root_seed < 0:
             raise SpecError("root_seed", "a non-negative integer", self.root_seed)
-        for name, minimum in (("n_operators", 1), ("shard_size", 1), ("channels", 1), ("steps", 2), ("realizations", 1)):
+        for name, minimum in (
+            ("n_operators", 1),
+            ("shard_size", 1),
+            ("channels", 1),
+            ("steps", 2),
+            ("realizations", 1),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise SpecError(name, f"an integer >= {minimum}", value)
         if self.n_operators % self.shard_size:
             raise SpecError(
-                "n_operators", f"a multiple of shard_size={self.shard_size} (so growing appends whole shards)", self.n_operators
+                "n_operators",
+                f"a multiple of shard_size={self.shard_size} (so growing appends whole shards)",
+                self.n_operators,
             )
         if self.n_operators > 1_000_000:
             raise SpecError("n_operators", "at most 1,000,000 (shard keys have six digits)", self.n_operators)
@@ -135,7 +152,11 @@ class DatasetSpec:
             raise SpecError("grid", "two integers (height, width)", self.grid)
         smallest = max(MIN_GRID, max(self.parameter_space.kernel_sizes))
         if min(self.grid) < smallest:
-            raise SpecError("grid", f"at least {smallest} x {smallest} (the largest kernel and the feature minimum)", self.grid)
+            raise SpecError(
+                "grid",
+                f"at least {smallest} x {smallest} (the largest kernel and the feature minimum)",
+                self.grid,
+            )
 
     @property
     def height(self) -> int:

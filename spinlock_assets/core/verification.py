@@ -22,13 +22,25 @@ from .fingerprint import execution_fingerprint, fingerprint_id
 from .record import OperatorRecord
 from .rollout import RolloutRecord
 
-__all__ = ["ATOL", "RTOL", "Verification", "classify", "replay", "replay_rollout", "rotating_sample", "same_fingerprint", "verify"]
+__all__ = [
+    "ATOL",
+    "RTOL",
+    "Verification",
+    "classify",
+    "replay",
+    "replay_rollout",
+    "rotating_sample",
+    "same_fingerprint",
+    "verify",
+]
 
 RTOL = 1e-4
 ATOL = 1e-6
 
 
-def replay_rollout(record: OperatorRecord, *, device: str = "cpu", keep_trajectories: bool = False) -> RolloutRecord:
+def replay_rollout(
+    record: OperatorRecord, *, device: str = "cpu", keep_trajectories: bool = False
+) -> RolloutRecord:
     """The operator's rollout record (base series, digests, and trajectories if asked)."""
     from .generation import roll_out
 
@@ -56,20 +68,22 @@ class Verification:
         return self.status in ("exact", "within_tolerance")
 
 
-def classify(
-    record: OperatorRecord, replayed: RolloutRecord, *, same_fingerprint: bool
-) -> Verification:
+def classify(record: OperatorRecord, replayed: RolloutRecord, *, same_fingerprint: bool) -> Verification:
     """Compare a replayed rollout with what was stored for ``record`` (see the module docstring)."""
     if record.digests is None:
         raise ValueError(f"operator {record.index} has no stored digests to verify against")
-    mismatched = tuple(m for m, (a, b) in enumerate(zip(record.digests, replayed.digests, strict=True)) if a != b)
+    mismatched = tuple(
+        m for m, (a, b) in enumerate(zip(record.digests, replayed.digests, strict=True)) if a != b
+    )
     if not mismatched:
         return Verification(record.index, "exact", replayed_digests=tuple(replayed.digests))
     error = _max_relative_error(record.base_series, replayed.base_series)
     if same_fingerprint:
-        status = "mismatch"
+        status = "mismatch"  # same numerics, other bits: a reproducibility bug
+    elif error <= 1.0:
+        status = "within_tolerance"
     else:
-        status = "within_tolerance" if error <= 1.0 else "diverged"
+        status = "diverged"
     return Verification(record.index, status, mismatched, error, tuple(replayed.digests))
 
 

@@ -12,7 +12,9 @@ __all__ = ["build_dataset_asset", "DATASET_FILE"]
 DATASET_FILE = "dataset.h5"
 
 
-def build_dataset_asset(shard_assets: Sequence[dg.AssetsDefinition], families: Sequence) -> dg.AssetsDefinition:
+def build_dataset_asset(
+    shard_assets: Sequence[dg.AssetsDefinition], families: Sequence
+) -> dg.AssetsDefinition:
     """``dataset`` depends on every partition of every shard asset; it never copies data, so rebuilding
     it is cheap and touches no shard file."""
     deps = [
@@ -30,11 +32,12 @@ def build_dataset_asset(shard_assets: Sequence[dg.AssetsDefinition], families: S
         pool="h5-consolidate",
     )
     def dataset(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
-        """The single-file view dataset.h5 (/parameters, /inputs, /features/<family>, /verification, /metadata)
+        """The single-file view dataset.h5 (/parameters, /inputs, /features/<family>, /verification,
+        /metadata)
         over all shard files, readable with plain h5py; missing shards are masked, never zeros."""
+        from ..core.shards import shard_ranges
         from ..storage import FIXED_SOURCES, build_consolidated_dataset, family_source, file_sha256
         from ..storage.layout import SCHEMA_VERSION
-        from ..core.shards import shard_ranges
 
         spec = dataset.spec
         candidates = [*FIXED_SOURCES, *(family_source(f.name, [a.name for a in f.arrays]) for f in families)]

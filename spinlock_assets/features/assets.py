@@ -28,7 +28,9 @@ def _kinds(family) -> set[str]:
     return {"torch", "hdf5"} if family.needs.value != "base_series" else {"numpy", "hdf5"}
 
 
-def build_feature_assets(partitions: dg.PartitionsDefinition, families: Sequence) -> list[dg.AssetsDefinition]:
+def build_feature_assets(
+    partitions: dg.PartitionsDefinition, families: Sequence
+) -> list[dg.AssetsDefinition]:
     """The multi-asset computing ``families`` (``FeatureFamily`` objects) per shard."""
     if not families:
         return []

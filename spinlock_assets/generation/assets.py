@@ -23,7 +23,9 @@ def arrays_of(contents) -> dict:
     return {name: array.data for name, array in contents.arrays.items()}
 
 
-def load_records(dataset: DatasetResource, operator_parameters, initial_conditions, base_features=None) -> list:
+def load_records(
+    dataset: DatasetResource, operator_parameters, initial_conditions, base_features=None
+) -> list:
     """Replayable records of one shard from its loaded shard contents (with stored digests when
     ``base_features`` is given)."""
     import json
@@ -50,7 +52,8 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
 
     @dg.asset(group_name=INPUTS_GROUP, code_version="1", kinds={"numpy", "hdf5"}, **common)
     def operator_parameters(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.Output:
-        """Unit-cube parameter points (scrambled Sobol), mapped hyperparameters and seeds of the shard's operators."""
+        """Unit-cube parameter points (scrambled Sobol), mapped hyperparameters and seeds of the shard's
+        operators."""
         from ..core.generation import operator_parameters as draw_parameters
         from ..core.shards import parse_shard_key
         from ..storage.operator_arrays import parameter_arrays
@@ -95,7 +98,9 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
 
         records = load_records(dataset, operator_parameters, initial_conditions)
         started = time.perf_counter()
-        rollouts = list(rollout.roll_out(records, keep_trajectories=dataset.spec.store_trajectories, log=context.log))
+        rollouts = list(
+            rollout.roll_out(records, keep_trajectories=dataset.spec.store_trajectories, log=context.log)
+        )
         seconds = time.perf_counter() - started
         diverged = [record.index for record, result in zip(records, rollouts, strict=True) if result.diverged]
         if diverged:

@@ -15,7 +15,12 @@ import numpy as np
 
 from spinlock_assets.core.features.family import FeatureFamily
 from spinlock_assets.core.generation import ParameterTable, operator_records
-from spinlock_assets.core.parameters import HYPERPARAMETER_FIELDS, PARAMETER_NAMES, hyperparameter_table, map_parameters
+from spinlock_assets.core.parameters import (
+    HYPERPARAMETER_FIELDS,
+    PARAMETER_NAMES,
+    hyperparameter_table,
+    map_parameters,
+)
 from spinlock_assets.core.record import OperatorRecord
 from spinlock_assets.core.seeds import OperatorSeeds
 from spinlock_assets.core.spec import DatasetSpec
@@ -53,12 +58,20 @@ def parameter_arrays(table: Any, spec: DatasetSpec) -> dict[str, StoredArray]:
 
     return {
         "params": StoredArray(
-            table.params, ("operator", "feature"), "1", "generated", PARAMETER_NAMES,
+            table.params,
+            ("operator", "feature"),
+            "1",
+            "generated",
+            PARAMETER_NAMES,
             config={"sampler": "scipy.stats.qmc.Sobol, scrambled, seeded from root_seed"},
             description="unit-cube parameter point of each operator",
         ),
         "hyperparameters": StoredArray(
-            hyper, ("operator", "feature"), "1", "generated", HYPERPARAMETER_FIELDS,
+            hyper,
+            ("operator", "feature"),
+            "1",
+            "generated",
+            HYPERPARAMETER_FIELDS,
             config={"categories": categories},
             description="hyperparameters mapped from params (categorical columns index config.categories)",
         ),
@@ -69,8 +82,11 @@ def parameter_arrays(table: Any, spec: DatasetSpec) -> dict[str, StoredArray]:
         "ic_seed": seed_column("ic_seed"),
         "probe_seed": seed_column("probe_seed"),
         "noise_seeds": StoredArray(
-            np.array([s.noise_seeds for s in seeds], dtype=np.int64), ("operator", "realization"), "1",
-            "generated", description="noise seed of each realization",
+            np.array([s.noise_seeds for s in seeds], dtype=np.int64),
+            ("operator", "realization"),
+            "1",
+            "generated",
+            description="noise seed of each realization",
         ),
     }
 
@@ -79,17 +95,27 @@ def initial_condition_arrays(fields: np.ndarray, ic_families: Sequence[str]) -> 
     """Arrays of ``initial_conditions``: the fields ``[n, C, H, W]`` and their digests."""
     return {
         "fields": StoredArray(
-            fields, ("operator", "channel", "y", "x"), "1", "generated", compress=True,
-            config={"families": list(ic_families)}, description="initial condition of each operator",
+            fields,
+            ("operator", "channel", "y", "x"),
+            "1",
+            "generated",
+            compress=True,
+            config={"families": list(ic_families)},
+            description="initial condition of each operator",
         ),
         "ic_digest": StoredArray(
-            np.array([ic_digest(f) for f in fields], dtype="S64"), ("operator",), "1", "generated",
+            np.array([ic_digest(f) for f in fields], dtype="S64"),
+            ("operator",),
+            "1",
+            "generated",
             description="SHA-256 of each initial condition's float32 bytes",
         ),
     }
 
 
-def base_feature_arrays(rollouts: Sequence[Any], base: FeatureFamily, *, store_trajectories: bool) -> dict[str, StoredArray]:
+def base_feature_arrays(
+    rollouts: Sequence[Any], base: FeatureFamily, *, store_trajectories: bool
+) -> dict[str, StoredArray]:
     """Arrays of ``base_features`` from the shard's :class:`RolloutRecord` s, in operator order."""
     from spinlock_assets.core.features.base import summarize
 
@@ -97,38 +123,67 @@ def base_feature_arrays(rollouts: Sequence[Any], base: FeatureFamily, *, store_t
     series = np.stack([r.base_series for r in rollouts])
     arrays = {
         "series": StoredArray(
-            series, ("operator", *base.array("series").axes), base.version, "inline", base.array("series").field_names,
-            config=config, compress=True, description=base.array("series").description,
+            series,
+            ("operator", *base.array("series").axes),
+            base.version,
+            "inline",
+            base.array("series").field_names,
+            config=config,
+            compress=True,
+            description=base.array("series").description,
         ),
         "summary": StoredArray(
-            np.stack([summarize(r.base_series) for r in rollouts]), ("operator", *base.array("summary").axes),
-            base.version, "inline", base.array("summary").field_names, config=config,
-            axis_labels=dict(base.array("summary").axis_labels), description=base.array("summary").description,
+            np.stack([summarize(r.base_series) for r in rollouts]),
+            ("operator", *base.array("summary").axes),
+            base.version,
+            "inline",
+            base.array("summary").field_names,
+            config=config,
+            axis_labels=dict(base.array("summary").axis_labels),
+            description=base.array("summary").description,
         ),
         "digests": StoredArray(
-            np.array([r.digests for r in rollouts], dtype="S64"), ("operator", "realization"), ENGINE_VERSION,
-            "inline", description="SHA-256 over the float32 bytes of every state of each realization",
+            np.array([r.digests for r in rollouts], dtype="S64"),
+            ("operator", "realization"),
+            ENGINE_VERSION,
+            "inline",
+            description="SHA-256 over the float32 bytes of every state of each realization",
         ),
         "first_nonfinite_step": StoredArray(
-            np.stack([r.first_nonfinite_step for r in rollouts]).astype(np.int32), ("operator", "realization"),
-            ENGINE_VERSION, "inline", description="first time step with a NaN/Inf value, -1 if none",
+            np.stack([r.first_nonfinite_step for r in rollouts]).astype(np.int32),
+            ("operator", "realization"),
+            ENGINE_VERSION,
+            "inline",
+            description="first time step with a NaN/Inf value, -1 if none",
         ),
     }
     if store_trajectories:
         arrays["trajectories"] = StoredArray(
-            np.stack([r.trajectories for r in rollouts]), ("operator", "realization", "time", "channel", "y", "x"),
-            ENGINE_VERSION, "inline", compress=True, description="full states (validation datasets only)",
+            np.stack([r.trajectories for r in rollouts]),
+            ("operator", "realization", "time", "channel", "y", "x"),
+            ENGINE_VERSION,
+            "inline",
+            compress=True,
+            description="full states (validation datasets only)",
         )
     return arrays
 
 
-def family_arrays(family: FeatureFamily, results: Sequence[Mapping[str, np.ndarray]], source: str) -> dict[str, StoredArray]:
+def family_arrays(
+    family: FeatureFamily, results: Sequence[Mapping[str, np.ndarray]], source: str
+) -> dict[str, StoredArray]:
     """Stack one family's per-operator results into its stored arrays (operator axis first)."""
     return {
         spec.name: StoredArray(
-            np.stack([np.asarray(r[spec.name], dtype=np.float32) for r in results]), ("operator", *spec.axes),
-            family.version, source, spec.field_names, config=dict(family.config),
-            axis_labels=dict(spec.axis_labels), description=spec.description, compress=True,
+            np.stack([np.asarray(r[spec.name], dtype=np.float32) for r in results]),
+            ("operator", *spec.axes),
+            family.version,
+            source,
+            spec.field_names,
+            config=dict(family.config),
+            axis_labels=dict(spec.axis_labels),
+            description=spec.description,
+            compress=True,
         )
         for spec in family.arrays
     }
@@ -164,7 +219,7 @@ def stored_records(
     base: Mapping[str, np.ndarray] | None = None,
     fingerprint: dict | None = None,
 ) -> list[OperatorRecord]:
-    """Replayable records of a stored range, with the stored digests and base series when ``base`` is given."""
+    """Replayable records of a stored range (with stored digests and base series when ``base`` is given)."""
     return operator_records(
         spec,
         parameter_table(spec, parameters),

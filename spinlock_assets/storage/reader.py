@@ -83,7 +83,9 @@ class DatasetReader:
         row = self._shard_row(asset, index)
         path = self.path.parent / asset / f"{row['shard_key'].decode()}.h5" if row is not None else None
         if path is None or not path.is_file():
-            raise ShardMissingError(f"operator {index}: the {asset} shard file is missing ({path or 'never built'})")
+            raise ShardMissingError(
+                f"operator {index}: the {asset} shard file is missing ({path or 'never built'})"
+            )
 
     def operator(self, index: int) -> OperatorRecord:
         """Operator ``index``: rebuildable and replayable, with its stored digests when generated."""
@@ -96,7 +98,10 @@ class DatasetReader:
         base = None
         if self._shard_row("base_features", index) is not None:
             self._require_shard_file("base_features", index)
-            base = {"digests": self.file["/verification/digests"][row], "series": self.file["/features/base/series"][row]}
+            base = {
+                "digests": self.file["/verification/digests"][row],
+                "series": self.file["/features/base/series"][row],
+            }
         fields = np.asarray(self.file["/inputs/fields"][row])
         return stored_records(self.spec, parameters, fields, base, self.fingerprint(index))[0]
 

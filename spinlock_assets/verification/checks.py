@@ -24,7 +24,10 @@ def _shard_records(dataset: DatasetResource, partition_key: str, indices: Sequen
     from ..generation.assets import load_records
 
     spec_hash = dataset.spec.spec_hash
-    contents = [dataset.store.read(a, partition_key, expected_spec_hash=spec_hash) for a in ("operator_parameters", "initial_conditions", "base_features")]
+    contents = [
+        dataset.store.read(a, partition_key, expected_spec_hash=spec_hash)
+        for a in ("operator_parameters", "initial_conditions", "base_features")
+    ]
     return [r for r in load_records(dataset, *contents) if r.index in set(indices)]
 
 
@@ -33,7 +36,10 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
 
     @dg.asset_check(asset="base_features", name=REPLAY_CHECK, partitions_def=partitions, blocking=True)
     def replay_matches_stored_digests(
-        context: dg.AssetCheckExecutionContext, config: ReplaySample, dataset: DatasetResource, rollout: RolloutResource
+        context: dg.AssetCheckExecutionContext,
+        config: ReplaySample,
+        dataset: DatasetResource,
+        rollout: RolloutResource,
     ) -> dg.AssetCheckResult:
         """Replays a rotating sample of the shard's operators and compares every realization's SHA-256 digest
         with the stored one, bit for bit; under another execution fingerprint it classifies instead
@@ -47,8 +53,10 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         indices = rotating_sample(shard.start, shard.stop, config.operators_per_shard, config.rotation)
         started = time.perf_counter()
         results = rollout.verify(_shard_records(dataset, context.partition_key, indices), log=context.log)
-        statuses = {status: [v.operator_index for v in results if v.status == status] for status in
-                    ("exact", "within_tolerance", "diverged", "mismatch")}
+        statuses = {
+            status: [v.operator_index for v in results if v.status == status]
+            for status in ("exact", "within_tolerance", "diverged", "mismatch")
+        }
         severity = dg.AssetCheckSeverity.ERROR if statuses["mismatch"] else dg.AssetCheckSeverity.WARN
         return dg.AssetCheckResult(
             passed=all(v.ok for v in results),
@@ -66,31 +74,42 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         )
 
     @dg.asset_check(asset="base_features", partitions_def=partitions, blocking=True)
-    def nonfinite_only_where_flagged(context: dg.AssetCheckExecutionContext, dataset: DatasetResource) -> dg.AssetCheckResult:
+    def nonfinite_only_where_flagged(
+        context: dg.AssetCheckExecutionContext, dataset: DatasetResource
+    ) -> dg.AssetCheckResult:
         """Base series are finite except for realizations flagged divergent (first_nonfinite_step >= 0), and
         those are NaN from that step on: NaN/Inf is counted and flagged, never hidden or patched."""
+        import numpy as np
+
         from ..core.features.base import SERIES_FIELDS
 
         arrays = dataset.store.read("base_features", context.partition_key).arrays
-        series, first = arrays["series"].data, arrays["first_nonfinite_step"].data
-        nan_steps = series[..., : SERIES_FIELDS.index("nonfinite_frac")].reshape(*series.shape[:3], -1)
-        bad = []
-        for (row, m), step in zip(((r, m) for r in range(first.shape[0]) for m in range(first.shape[1])), first.flat):
-            unflagged = nan_steps[row, m] if step < 0 else nan_steps[row, m, :step]
-            if (unflagged != unflagged).any():
-                bad.append(int(row))
+        series, first = arrays["series"].data, arrays["first_nonfinite_step"].data  # [n,M,T,C,K], [n,M]
+        has_nan = np.isnan(series[..., : SERIES_FIELDS.index("nonfinite_frac")]).any(axis=(3, 4))  # [n, M, T]
+        flagged_from = np.where(first < 0, series.shape[2], first)
+        before_flag = np.arange(series.shape[2]) < flagged_from[..., None]
+        bad = np.unique(np.nonzero(has_nan & before_flag)[0]).tolist()
         diverged = int((first >= 0).any(axis=1).sum())
         return dg.AssetCheckResult(
             passed=not bad,
-            metadata={"diverged_operators": diverged, "unflagged_nan_rows": dg.MetadataValue.json(sorted(set(bad)))},
+            metadata={
+                "diverged_operators": diverged,
+                "unflagged_nan_rows": dg.MetadataValue.json(bad),
+            },
         )
 
-    return [replay_matches_stored_digests, nonfinite_only_where_flagged, *(_integrity_check(partitions, a) for a in shard_assets)]
+    return [
+        replay_matches_stored_digests,
+        nonfinite_only_where_flagged,
+        *(_integrity_check(partitions, a) for a in shard_assets),
+    ]
 
 
 def _integrity_check(partitions: dg.PartitionsDefinition, asset: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=asset, name="shard_file_intact", partitions_def=partitions, blocking=True)
-    def shard_file_intact(context: dg.AssetCheckExecutionContext, dataset: DatasetResource) -> dg.AssetCheckResult:
+    def shard_file_intact(
+        context: dg.AssetCheckExecutionContext, dataset: DatasetResource
+    ) -> dg.AssetCheckResult:
         """The shard file's SHA-256 equals the one recorded when it was materialized, and the file passes the
         layout validator (self-describing arrays, operator rows, spec hash)."""
         from ..storage import validate_shard_file
@@ -107,7 +126,11 @@ def _integrity_check(partitions: dg.PartitionsDefinition, asset: str) -> dg.Asse
             problems += [str(problem)] if problem else []
         return dg.AssetCheckResult(
             passed=not problems,
-            metadata={"path": dg.MetadataValue.path(str(path)), "recorded_sha256": recorded or "", "problems": dg.MetadataValue.json(problems)},
+            metadata={
+                "path": dg.MetadataValue.path(str(path)),
+                "recorded_sha256": recorded or "",
+                "problems": dg.MetadataValue.json(problems),
+            },
         )
 
     return shard_file_intact

@@ -21,7 +21,8 @@ _SECONDS_PER_TICK = 86_400  # the default cron is daily
 def build_verification_job():
     return dg.define_asset_job(
         VERIFY_JOB,
-        selection=dg.AssetSelection.assets("base_features") | dg.AssetSelection.checks_for_assets("base_features"),
+        selection=dg.AssetSelection.assets("base_features")
+        | dg.AssetSelection.checks_for_assets("base_features"),
         description="Replay verification per shard (the schedule launches check-only runs of this job).",
         tags={"purpose": "verify"},
         executor_def=dg.in_process_executor,
@@ -44,7 +45,13 @@ def build_verification_schedule(
         keys = sorted(materialized & set(partitions.get_partition_keys()))
         if not keys:
             return dg.SkipReason("no materialized base_features shard to verify yet")
-        config = {"ops": {f"base_features_{REPLAY_CHECK}": {"config": {"operators_per_shard": operators_per_shard, "rotation": rotation}}}}
+        config = {
+            "ops": {
+                f"base_features_{REPLAY_CHECK}": {
+                    "config": {"operators_per_shard": operators_per_shard, "rotation": rotation}
+                }
+            }
+        }
         return [
             dg.RunRequest(
                 run_key=f"verify-{key}-{rotation}",

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from spinlock_assets.core.generation import generate_initial_conditions, operator_parameters, operator_records, roll_out
+from spinlock_assets.core.generation import (
+    generate_initial_conditions,
+    operator_parameters,
+    operator_records,
+    roll_out,
+)
 from spinlock_assets.core.initial_conditions import initial_condition
 from spinlock_assets.core.operator import build_operator
 from spinlock_assets.core.parameters import PARAMETER_NAMES, OperatorHyperparameters, map_parameters
@@ -45,9 +50,17 @@ def test_realizations_differ_from_each_other(spec):
 def test_realization_is_identical_batched_or_alone(spec):
     record = _records(spec, 2, 3)[0]
     operator = record.build_operator()
-    batched = run_rollout(operator, record.initial_condition, steps=spec.steps, noise_seeds=record.seeds.noise_seeds, keep_trajectories=True)
+    batched = run_rollout(
+        operator,
+        record.initial_condition,
+        steps=spec.steps,
+        noise_seeds=record.seeds.noise_seeds,
+        keep_trajectories=True,
+    )
     for m, seed in enumerate(record.seeds.noise_seeds):
-        alone = run_rollout(operator, record.initial_condition, steps=spec.steps, noise_seeds=[seed], keep_trajectories=True)
+        alone = run_rollout(
+            operator, record.initial_condition, steps=spec.steps, noise_seeds=[seed], keep_trajectories=True
+        )
         assert alone.digests[0] == batched.digests[m]
         assert np.array_equal(alone.trajectories[0], batched.trajectories[m])
         assert np.array_equal(alone.base_series[0], batched.base_series[m])
@@ -79,7 +92,9 @@ def test_digest_is_over_the_exact_float32_bytes(spec):
     record = _records(spec, 1, 2)[0]
     result = next(roll_out([record], keep_trajectories=True))
     for m in range(spec.realizations):
-        expected = hashlib.sha256(np.ascontiguousarray(result.trajectories[m], dtype="<f4").tobytes()).hexdigest()
+        expected = hashlib.sha256(
+            np.ascontiguousarray(result.trajectories[m], dtype="<f4").tobytes()
+        ).hexdigest()
         assert result.digests[m] == expected
 
 
@@ -94,7 +109,9 @@ def test_noise_changes_the_rollout_and_zero_noise_is_deterministic_map(spec):
     record = _records(spec, 0, 1)[0]
     hp = dataclasses.replace(record.hyperparameters, noise_sigma=0.0)
     operator = build_operator(hp, channels=spec.channels, weight_seed=record.seeds.weight_seed)
-    quiet = run_rollout(operator, record.initial_condition, steps=spec.steps, noise_seeds=record.seeds.noise_seeds)
+    quiet = run_rollout(
+        operator, record.initial_condition, steps=spec.steps, noise_seeds=record.seeds.noise_seeds
+    )
     assert len(set(quiet.digests)) == 1  # without noise all realizations coincide
 
 
@@ -108,7 +125,12 @@ def test_every_coordinate_changes_the_rollout(spec):
     def digest(point):
         hp = map_parameters(point, spec.parameter_space)
         ic = initial_condition(
-            hp.ic_family, scale=hp.ic_scale, channels=spec.channels, height=16, width=16, seed=record.seeds.ic_seed
+            hp.ic_family,
+            scale=hp.ic_scale,
+            channels=spec.channels,
+            height=16,
+            width=16,
+            seed=record.seeds.ic_seed,
         )
         return next(roll_out([dataclasses.replace(record, params=point, initial_condition=ic)])).digests
 
@@ -135,7 +157,9 @@ def test_nonfinite_rollout_is_flagged_not_raised(spec):
 _CHILD = """
 import json, sys
 from spinlock_assets.core.spec import DatasetSpec
-from spinlock_assets.core.generation import generate_initial_conditions, operator_parameters, operator_records, roll_out
+from spinlock_assets.core.generation import (
+    generate_initial_conditions, operator_parameters, operator_records, roll_out
+)
 spec = DatasetSpec.from_json(sys.argv[1])
 table = operator_parameters(spec, 0, spec.n_operators)
 records = operator_records(spec, table, generate_initial_conditions(spec, table))
@@ -149,7 +173,13 @@ def test_replay_is_bit_exact_in_a_fresh_process_with_another_hash_seed():
     here = _digests(spec)
     for hash_seed in ("1", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed)
-        out = subprocess.run([sys.executable, "-c", _CHILD, spec.to_json()], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, spec.to_json()],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert json.loads(out.stdout) == here
 
 

@@ -9,7 +9,11 @@ from spinlock_assets_tests.conftest import tiny_spec
 
 def test_shards_of_a_small_dataset_are_listed_by_hand():
     # 48 operators in shards of 16: ops-000000-000015, ops-000016-000031, ops-000032-000047
-    assert [s.key for s in shard_ranges(48, 16)] == ["ops-000000-000015", "ops-000016-000031", "ops-000032-000047"]
+    assert [s.key for s in shard_ranges(48, 16)] == [
+        "ops-000000-000015",
+        "ops-000016-000031",
+        "ops-000032-000047",
+    ]
 
 
 def test_growing_the_dataset_appends_shards_and_renames_none():

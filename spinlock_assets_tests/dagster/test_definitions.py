@@ -30,5 +30,7 @@ def test_every_asset_has_a_description_and_code_version():
 def test_loading_definitions_does_not_import_torch():
     """Code servers stay light: torch is imported inside asset bodies and resources only."""
     code = "import sys, spinlock_assets.definitions; print(json.dumps('torch' in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", "import json;" + code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import json;" + code], capture_output=True, text=True, check=True
+    )
     assert json.loads(out.stdout) is False

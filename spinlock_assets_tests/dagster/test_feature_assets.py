@@ -78,7 +78,9 @@ def test_a_new_family_materializes_through_the_public_registration_path(generate
     root, instance = generated
     families = [*(f for f in FAMILIES.values() if f.name != "base"), MEAN_ENERGY]
     defs = tiny_definitions(tiny_spec(), root, families=families)
-    assert "mean_energy_features" in {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert "mean_energy_features" in {
+        k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()
+    }
     result = materialize(defs, ["mean_energy_features"], instance, SHARDS[0])
     assert result.success
     stored = ShardStore(root).read("mean_energy_features", SHARDS[0]).arrays["mean_energy"]
@@ -95,7 +97,9 @@ def test_replay_that_does_not_match_the_stored_digest_fails_naming_the_operator(
     assert not result.success
     message = str(result.get_step_failure_events()[0].step_failure_data.error)
     assert "operators [2]" in message
-    assert not (tmp_path / "spectral_features").exists() or not any((tmp_path / "spectral_features").iterdir())
+    assert not (tmp_path / "spectral_features").exists() or not any(
+        (tmp_path / "spectral_features").iterdir()
+    )
 
 
 def test_unknown_family_name_lists_known_ones():

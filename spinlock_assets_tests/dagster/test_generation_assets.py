@@ -36,7 +36,9 @@ def test_each_generation_asset_writes_one_file_per_shard_at_its_exact_path(tmp_p
 def test_materializations_carry_lineage_metadata(tmp_path, instance):
     defs = tiny_definitions(tiny_spec(), tmp_path)
     result = materialize(defs, GENERATION, instance, SHARDS[0])
-    events = {e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    events = {
+        e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()
+    }
     base = events["base_features"].metadata
     path = tmp_path / "base_features" / "ops-000000-000003.h5"
     assert base["path"].value == str(path)
@@ -54,7 +56,9 @@ def test_rematerializing_a_shard_gives_the_same_data_version(tmp_path, instance)
     versions = []
     for _ in range(2):
         result = materialize(defs, GENERATION, instance, SHARDS[2])
-        event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["base_features"])
+        event = next(
+            e for e in result.get_asset_materialization_events() if e.asset_key.path == ["base_features"]
+        )
         versions.append(event.materialization.tags["dagster/data_version"])
     assert versions[0] == versions[1]
 
@@ -75,12 +79,21 @@ def test_operator_data_does_not_depend_on_shard_size(tmp_path, instance):
     generate(tiny_definitions(tiny_spec(), tmp_path / "by4"), instance)
     by6 = tiny_spec(shard_size=6)
     generate(tiny_definitions(by6, tmp_path / "by6"), instance, ["ops-000000-000005", "ops-000006-000011"])
-    for asset, name in [("base_features", "series"), ("base_features", "digests"), ("initial_conditions", "fields")]:
+    for asset, name in [
+        ("base_features", "series"),
+        ("base_features", "digests"),
+        ("initial_conditions", "fields"),
+    ]:
         four = np.concatenate([ShardStore(tmp_path / "by4").read(asset, k).arrays[name].data for k in SHARDS])
         six = np.concatenate(
-            [ShardStore(tmp_path / "by6").read(asset, k).arrays[name].data for k in ["ops-000000-000005", "ops-000006-000011"]]
+            [
+                ShardStore(tmp_path / "by6").read(asset, k).arrays[name].data
+                for k in ["ops-000000-000005", "ops-000006-000011"]
+            ]
         )
-        assert np.array_equal(four, six, equal_nan=four.dtype.kind == "f"), f"{asset}/{name} depends on the shard size"
+        assert np.array_equal(four, six, equal_nan=four.dtype.kind == "f"), (
+            f"{asset}/{name} depends on the shard size"
+        )
 
 
 def test_dataset_file_replays_every_operator_bit_exactly(tmp_path, instance):

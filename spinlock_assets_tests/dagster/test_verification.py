@@ -17,8 +17,12 @@ REPLAY_KEY = dg.AssetCheckKey(dg.AssetKey("base_features"), REPLAY_CHECK)
 
 
 def _run_checks(defs, instance, partition_key, check_keys, run_config=None):
-    job = defs.resolve_job_def("verify_shards").get_subset(asset_selection=set(), asset_check_selection=set(check_keys))
-    result = job.execute_in_process(partition_key=partition_key, instance=instance, run_config=run_config, raise_on_error=False)
+    job = defs.resolve_job_def("verify_shards").get_subset(
+        asset_selection=set(), asset_check_selection=set(check_keys)
+    )
+    result = job.execute_in_process(
+        partition_key=partition_key, instance=instance, run_config=run_config, raise_on_error=False
+    )
     return {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
 
 
@@ -33,10 +37,15 @@ def generated(tmp_path):
 def test_generation_runs_every_check_per_partition_and_they_pass(tmp_path):
     with dg.instance_for_test() as instance:
         defs = tiny_definitions(tiny_spec(), tmp_path)
-        result = defs.resolve_job_def("generate_shards").execute_in_process(partition_key=SHARDS[1], instance=instance)
+        result = defs.resolve_job_def("generate_shards").execute_in_process(
+            partition_key=SHARDS[1], instance=instance
+        )
     evaluations = result.get_asset_check_evaluations()
     names = sorted((e.asset_key.path[-1], e.asset_check_key.name) for e in evaluations)
-    assert ("base_features", REPLAY_CHECK) in names and ("base_features", "nonfinite_only_where_flagged") in names
+    assert ("base_features", REPLAY_CHECK) in names and (
+        "base_features",
+        "nonfinite_only_where_flagged",
+    ) in names
     assert ("initial_conditions", "shard_file_intact") in names
     assert all(e.passed and e.partition == SHARDS[1] for e in evaluations)
 
@@ -96,6 +105,8 @@ def test_schedule_requests_one_check_only_run_per_materialized_shard(generated):
 def test_schedule_skips_when_nothing_is_materialized(tmp_path):
     with dg.instance_for_test() as instance:
         defs = tiny_definitions(tiny_spec(), tmp_path)
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.datetime(2026, 1, 1))
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime.datetime(2026, 1, 1)
+        )
         result = defs.resolve_schedule_def("verify_replay_sample").evaluate_tick(context)
     assert not result.run_requests and "no materialized" in result.skip_message

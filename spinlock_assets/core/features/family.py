@@ -73,7 +73,12 @@ class ArraySpec:
 
     def shape(self, *, realizations: int, steps: int, channels: int) -> tuple[int, ...]:
         """Per-operator shape of this array for a dataset with M, T and C as given."""
-        sizes = {"realization": realizations, "time": steps, "channel": channels, "feature": len(self.field_names)}
+        sizes = {
+            "realization": realizations,
+            "time": steps,
+            "channel": channels,
+            "feature": len(self.field_names),
+        }
         return tuple(sizes[axis] if axis in sizes else len(self.axis_labels[axis]) for axis in self.axes)
 
 
