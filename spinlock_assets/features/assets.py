@@ -9,13 +9,16 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from .. import plots
 from ..constants import FEATURES_GROUP, OWNERS
-from ..generation.assets import IO_MANAGER_KEY, load_records
+from ..generation.assets import IO_MANAGER_KEY, load_records, preview
 from ..io_manager import ShardOutput
 from ..resources import DatasetResource, RolloutResource
 
 __all__ = ["build_feature_assets", "family_asset_name"]
 
+
+MAX_PREVIEW_COLUMNS = 200
 
 UPSTREAM = ["operator_parameters", "initial_conditions", "base_features"]
 
@@ -86,6 +89,8 @@ def build_feature_assets(
             source = "derived" if family.needs.value == "base_series" else "replay"
             arrays = family_arrays(family, extraction.results[family.name], source)
             nan_count = int(sum(int((a.data != a.data).sum()) for a in arrays.values()))
+            shown = "summary" if "summary" in arrays else next(iter(arrays))
+            matrix = arrays[shown].data.reshape(len(records), -1)[:, :MAX_PREVIEW_COLUMNS]
             yield dg.Output(
                 ShardOutput(arrays, fingerprint=fingerprint),
                 output_name=family_asset_name(family.name),
@@ -97,6 +102,9 @@ def build_feature_assets(
                     "replay_within_tolerance": statuses.count("within_tolerance"),
                     "nan_values": nan_count,
                     "family_version": family.version,
+                    "preview": preview(
+                        plots.feature_heatmap(matrix), f"{family.name}/{shown}: operators x features"
+                    ),
                 },
             )
 

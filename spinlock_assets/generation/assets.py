@@ -5,8 +5,10 @@ Asset bodies load, call ``core``/``storage`` and describe the result; the IO man
 
 import dagster as dg
 
+from .. import plots
 from ..constants import GENERATION_GROUP, INPUTS_GROUP, OWNERS
 from ..core.features.base import FAMILY as BASE
+from ..core.features.base import SERIES_FIELDS
 from ..io_manager import ShardOutput
 from ..resources import DatasetResource, RolloutResource
 from ..storage.operator_arrays import ENGINE_VERSION
@@ -40,6 +42,11 @@ def load_records(
         arrays_of(base_features) if base_features is not None else None,
         fingerprint,
     )
+
+
+def preview(png: bytes, alt: str) -> dg.MetadataValue:
+    """A small rendered image for the UI's metadata panel."""
+    return dg.MetadataValue.md(plots.markdown_image(png, alt))
 
 
 def shard_output(output: ShardOutput, **metadata) -> dg.Output:
@@ -78,6 +85,7 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         families = [hp.ic_family for hp in table.hyperparameters]
         return shard_output(
             ShardOutput(initial_condition_arrays(fields, dataset.spec.parameter_space.ic_families)),
+            preview=preview(plots.ic_grid(fields), "initial conditions, channel 0"),
             operators=len(fields),
             ic_families=dg.MetadataValue.json({f: families.count(f) for f in sorted(set(families))}),
         )
@@ -106,8 +114,10 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         if diverged:
             context.log.warning(f"{len(diverged)} operators diverged (NaN/Inf), flagged and kept: {diverged}")
         arrays = base_feature_arrays(rollouts, BASE, store_trajectories=dataset.spec.store_trajectories)
+        energy = plots.energy_curves(arrays["series"].data, energy_column=SERIES_FIELDS.index("energy"))
         return shard_output(
             ShardOutput(arrays, fingerprint=rollout.fingerprint()),
+            preview=preview(energy, "log10 energy over time per realization"),
             operators=len(records),
             diverged_operators=len(diverged),
             diverged_indices=dg.MetadataValue.json(diverged),
