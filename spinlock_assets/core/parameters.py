@@ -9,6 +9,7 @@ the same probability (the original system rounded, which gave the end values hal
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -116,19 +117,7 @@ def map_parameters(point: np.ndarray, space: ParameterSpace) -> OperatorHyperpar
 
 
 # Numeric table stored next to ``params``; categorical columns hold the index into ``categories``.
-HYPERPARAMETER_FIELDS = (
-    "n_layers",
-    "width",
-    "kernel_size",
-    "activation",
-    "noise_sigma",
-    "weight_gain",
-    "policy",
-    "dt",
-    "alpha",
-    "ic_family",
-    "ic_scale",
-)
+HYPERPARAMETER_FIELDS = tuple(field.name for field in dataclasses.fields(OperatorHyperparameters))
 
 
 def hyperparameter_table(

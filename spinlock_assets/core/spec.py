@@ -65,6 +65,13 @@ def _check_choices(name: str, values: tuple, allowed: tuple) -> None:
         raise SpecError(name, f"distinct values from {list(allowed)}", values)
 
 
+def _refuse_unknown_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpecError(where, f"keys from {sorted(known)}", unknown)
+
+
 @dataclass(frozen=True)
 class ParameterSpace:
     """Ranges of the operator hyperparameters; every unit-cube coordinate maps into one of them."""
@@ -104,10 +111,7 @@ class ParameterSpace:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ParameterSpace:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError("parameter_space", f"keys from {sorted(known)}", unknown)
+        _refuse_unknown_keys(cls, data, "parameter_space")
         return cls(**{k: tuple(v) for k, v in data.items()})
 
 
@@ -174,10 +178,7 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DatasetSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError("spec", f"keys from {sorted(known)}", unknown)
+        _refuse_unknown_keys(cls, data, "spec")
         values = dict(data)
         if "grid" in values:
             values["grid"] = tuple(values["grid"])

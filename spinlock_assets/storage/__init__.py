@@ -71,3 +71,8 @@ __all__ = [
     "validate_dataset_file",
     "validate_shard_file",
 ]
+
+# The reader builds core records (no torch import); it comes last so the storage modules above load first.
+from spinlock_assets.storage.reader import DatasetReader, open_dataset  # noqa: E402
+
+__all__ += ["DatasetReader", "open_dataset"]

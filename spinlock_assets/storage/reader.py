@@ -15,8 +15,9 @@ import numpy as np
 
 from spinlock_assets.core.record import OperatorRecord
 from spinlock_assets.core.spec import DatasetSpec
-from spinlock_assets.storage.errors import ShardMissingError, StorageError
+from spinlock_assets.storage.errors import ShardCorruptError, ShardMissingError, StorageError
 from spinlock_assets.storage.operator_arrays import stored_records
+from spinlock_assets.storage.shard_file import read_shard_header
 
 __all__ = ["DATASET_FILE", "DatasetReader", "open_dataset"]
 
@@ -78,31 +79,50 @@ class DatasetReader:
                 return row
         return None
 
-    def _require_shard_file(self, asset: str, index: int) -> None:
-        """A shard listed when dataset.h5 was built but deleted since would read as fill values: refuse."""
+    def _shard_path(self, asset: str, index: int) -> Path | None:
         row = self._shard_row(asset, index)
-        path = self.path.parent / asset / f"{row['shard_key'].decode()}.h5" if row is not None else None
+        return self.path.parent / asset / f"{row['shard_key'].decode()}.h5" if row is not None else None
+
+    def _require_shard_file(self, asset: str, index: int) -> None:
+        """A shard listed when dataset.h5 was built but deleted since would read as fill values, and one
+        replaced by another shard's file would read as that shard's rows: refuse both."""
+        path = self._shard_path(asset, index)
         if path is None or not path.is_file():
             raise ShardMissingError(
                 f"operator {index}: the {asset} shard file is missing ({path or 'never built'})"
+            )
+        attrs = read_shard_header(path, check=False).attrs  # ShardCorruptError naming it if unreadable
+        if (attrs.get("asset"), attrs.get("shard_key")) != (asset, path.stem):
+            found = f"asset {attrs.get('asset')!r}, shard {attrs.get('shard_key')!r}"
+            raise ShardCorruptError(
+                f"{path}: file attributes say {found}; it is not the shard file dataset.h5 was built over "
+                "(replaced or renamed by hand?): rematerialize it"
             )
 
     def operator(self, index: int) -> OperatorRecord:
         """Operator ``index``: rebuildable and replayable, with its stored digests when generated."""
         if not 0 <= index < self.n_operators:
             raise IndexError(f"operator index {index} outside 0..{self.n_operators - 1}")
-        for asset in ("operator_parameters", "initial_conditions"):
+        generated = self._shard_row("base_features", index) is not None
+        assets = ("operator_parameters", "initial_conditions", *(("base_features",) if generated else ()))
+        for asset in assets:
             self._require_shard_file(asset, index)
         row = slice(index, index + 1)
-        parameters = {name: self.file[path][row] for name, path in _PARAMETER_PATHS.items()}
-        base = None
-        if self._shard_row("base_features", index) is not None:
-            self._require_shard_file("base_features", index)
-            base = {
-                "digests": self.file["/verification/digests"][row],
-                "series": self.file["/features/base/series"][row],
-            }
-        fields = np.asarray(self.file["/inputs/fields"][row])
+        try:
+            parameters = {name: self.file[path][row] for name, path in _PARAMETER_PATHS.items()}
+            base = None
+            if generated:
+                base = {
+                    "digests": self.file["/verification/digests"][row],
+                    "series": self.file["/features/base/series"][row],
+                }
+            fields = np.asarray(self.file["/inputs/fields"][row])
+        except OSError as exc:  # HDF5 names no source file when a chunk of one fails its checksum
+            files = ", ".join(str(self._shard_path(asset, index)) for asset in assets)
+            raise ShardCorruptError(
+                f"operator {index}: cannot be read through {self.path} ({exc}); one of its shard files is "
+                f"damaged or truncated ({files}): find it with validate_shard_file and rematerialize it"
+            ) from None
         return stored_records(self.spec, parameters, fields, base, self.fingerprint(index))[0]
 
 

@@ -15,30 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from spinlock_assets.core.features.base import SERIES_FIELDS, SUMMARY_FIELDS
 from spinlock_assets.storage.arrays import StoredArray
 from spinlock_assets.storage.consolidated import build_consolidated_dataset
 from spinlock_assets.storage.layout import FIXED_ARRAYS, FIXED_SOURCES, format_shard_key, parse_shard_key
 from spinlock_assets.storage.store import ShardStore
 
-__all__ = ["BASE_SERIES_FIELDS", "BASE_SUMMARY_FIELDS", "tiny_spec_json", "write_tiny_dataset"]
+__all__ = ["tiny_spec_json", "write_tiny_dataset"]
 
-BASE_SERIES_FIELDS = (
-    "mean",
-    "std",
-    "min",
-    "max",
-    "energy",
-    "l1",
-    "linf",
-    "grad_energy",
-    "tv",
-    "nonfinite_frac",
-)
-BASE_SUMMARY_FIELDS = tuple(
-    f"{series}_{stat}"
-    for series in ("mean", "std", "energy", "grad_energy", "linf")
-    for stat in ("x0", "xT", "mean_t", "std_t", "slope", "blowup_t")
-)
 _N_PARAMS, _N_HYPER = 4, 3
 
 
@@ -114,8 +98,8 @@ def _shard_arrays(
         "ic_digest": np.array(
             [hashlib.sha256(f.tobytes()).hexdigest().encode() for f in fields], dtype="S64"
         ),
-        "series": rng.standard_normal((n, m, t, c, len(BASE_SERIES_FIELDS)), dtype=np.float32),
-        "summary": rng.standard_normal((n, c, len(BASE_SUMMARY_FIELDS), 2), dtype=np.float32),
+        "series": rng.standard_normal((n, m, t, c, len(SERIES_FIELDS)), dtype=np.float32),
+        "summary": rng.standard_normal((n, c, len(SUMMARY_FIELDS), 2), dtype=np.float32),
         "digests": np.array(
             [[rng.bytes(32).hex().encode() for _ in range(m)] for _ in range(n)], dtype="S64"
         ),
@@ -125,8 +109,8 @@ def _shard_arrays(
     field_names = {
         "params": tuple(f"p{i}" for i in range(_N_PARAMS)),
         "hyperparameters": ("layers", "width", "log_sigma"),
-        "series": BASE_SERIES_FIELDS,
-        "summary": BASE_SUMMARY_FIELDS,
+        "series": SERIES_FIELDS,
+        "summary": SUMMARY_FIELDS,
     }
     result: dict[str, dict[str, StoredArray]] = {}
     for row in FIXED_ARRAYS:
