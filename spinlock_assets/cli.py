@@ -216,10 +216,10 @@ def _replay_command(args: argparse.Namespace) -> int:
                         "digests": encode_attr(list(rollout.digests)),
                         "stored_digests": encode_attr(list(record.digests or ())),
                         "verification": result.status,
-                        "fingerprint_id": replayer.fingerprint,
+                        "fingerprint_id": replayer.fingerprint_id,
                     }
                 )
-    print(f"operator {args.operator}: replayed on {replayer.device} (fingerprint {replayer.fingerprint})")
+    print(f"operator {args.operator}: replayed on {replayer.device} (fingerprint {replayer.fingerprint_id})")
     print(f"verification: {_describe_result(result)}")
     print(f"wrote {output}: {trajectories.dtype} {list(trajectories.shape)} [M, T, C, H, W]")
     return 0 if result.ok else 1
@@ -277,7 +277,7 @@ def _verify_command(args: argparse.Namespace) -> int:
         summary = {
             "operators": indices.tolist(),
             "device": replayer.device,
-            "fingerprint_id": replayer.fingerprint,
+            "fingerprint_id": replayer.fingerprint_id,
             "counts": {status: counts[status] for status in STATUSES},
             "non_exact": [
                 {
@@ -294,7 +294,7 @@ def _verify_command(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0 if ok else 1
     tally = ", ".join(f"{counts[status]} {status}" for status in STATUSES)
-    where = f"{replayer.device}, fingerprint {replayer.fingerprint}"
+    where = f"{replayer.device}, fingerprint {replayer.fingerprint_id}"
     print(f"verified {len(results)} operators ({where}): {tally}")
     print(f"non-exact operators: {len(failures) or 'none'}")
     for result in failures:

@@ -113,17 +113,17 @@ class Replayer:
         if kind == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {device!r}: CUDA is not available on this machine")
         self.device = device
-        self.fingerprint = fingerprint_id(execution_fingerprint(device))
+        self.fingerprint = execution_fingerprint(device)
+        self.fingerprint_id = fingerprint_id(self.fingerprint)
 
     def replay(
         self, record: OperatorRecord, *, keep_trajectories: bool
     ) -> tuple[RolloutRecord, Verification]:
         """One rollout, both returned and classified (replaying twice would double the cost)."""
-        from spinlock_assets.core.verification import classify, replay_rollout
+        from spinlock_assets.core.verification import classify, replay_rollout, same_fingerprint
 
         rollout = replay_rollout(record, device=self.device, keep_trajectories=keep_trajectories)
-        # As core.verification.verify: an operator without a recorded fingerprint must reproduce exactly.
-        same = record.fingerprint is None or fingerprint_id(record.fingerprint) == self.fingerprint
+        same = same_fingerprint(record.fingerprint, self.fingerprint)
         return rollout, classify(record, rollout, same_fingerprint=same)
 
     def verify(self, reader: DatasetReader, indices: np.ndarray) -> list[Verification]:
