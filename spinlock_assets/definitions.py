@@ -53,6 +53,9 @@ def build_definitions(
         asset_checks=build_checks(partitions, shard_assets),
         jobs=[*build_jobs(), verification_job],
         schedules=[build_verification_schedule(verification_job, partitions)],
+        # One process per run: a step process would re-import torch (seconds) for a few seconds of work.
+        # Shards are the unit of parallelism: backfills run one run per shard, concurrently.
+        executor=dg.in_process_executor,
         resources={
             "dataset": dataset,
             "rollout": rollout or RolloutResource(),

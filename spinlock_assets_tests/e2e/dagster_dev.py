@@ -3,10 +3,10 @@
 ``dagster_dev(directory, spec)`` is a context manager that writes the spec to a file, creates a
 ``DAGSTER_HOME`` with a minimal ``dagster.yaml`` (telemetry off), starts
 ``dagster dev -m spinlock_assets.definitions`` on a free loopback port in its own session (so it
-can be stopped as a whole: started from a script without job control it ignores signals), waits
-until the webserver answers and the code location has loaded, and yields a :class:`DagsterDev`.
-On exit it sends SIGTERM to the process group, waits for every process of the group to end
-(SIGKILL after ``STOP_TIMEOUT_S``) and raises :class:`DagsterDevError` if any had to be killed.
+can be checked and stopped as a whole), waits until the webserver answers and the code location
+has loaded, and yields a :class:`DagsterDev`. On exit it sends SIGTERM to ``dagster dev``, then to
+its process group, waits for every process of the group to end (SIGKILL after ``STOP_TIMEOUT_S``)
+and raises :class:`DagsterDevError` if any had to be killed (see :meth:`DagsterDev.stop`).
 
 Everything listens on and talks to 127.0.0.1 only; HTTP goes through ``urllib`` with proxies
 disabled, so no dependency beyond the standard library is needed.
@@ -60,6 +60,14 @@ BACKFILL_DONE = frozenset({"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED",
 RUN_DONE = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 
 T = TypeVar("T")
+
+# dagster dev handles SIGTERM with its SIGINT handler. A SIGINT ignored by inheritance (pytest run from
+# a shell without job control, nohup) is still ignored after exec, and then so is SIGTERM: restore
+# the default disposition, then exec the real command line.
+_RESTORE_SIGINT_AND_EXEC = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
 
 # One GraphQL fragment set, reused: failures come back as an ``Error`` (every error type implements it).
 _METADATA_FIELDS = """
@@ -305,7 +313,8 @@ class DagsterDev:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        command = [sys.executable, "-m", "dagster", "dev", "-m", MODULE, "-d", str(REPO_ROOT)]
+        command = [sys.executable, "-c", _RESTORE_SIGINT_AND_EXEC, "-m", "dagster", "dev"]
+        command += ["-m", MODULE, "-d", str(REPO_ROOT)]
         command += ["-h", HOST, "-p", str(port)]
         log_file = log_path.open("wb")
         try:
@@ -316,7 +325,7 @@ class DagsterDev:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: SIGTERM to the group stops it all
+                start_new_session=True,  # its own session and group: found, signalled and checked as a whole
             )
         except BaseException:
             log_file.close()
@@ -385,17 +394,27 @@ class DagsterDev:
         return session_processes(self.process.pid)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM to the process group, wait until all of it ended; SIGKILL what is left after
-        ``timeout`` and raise :class:`DagsterDevError` naming it. Idempotent."""
+        """Stop the server and every process it started; idempotent.
+
+        SIGTERM goes to ``dagster dev`` itself first: it then stops its webserver, daemon and code
+        server in order. (SIGTERM to the whole group at once races with its code-server watchdog,
+        which restarts the code server it sees exit, and that new one outlives ``dagster dev``.)
+        Then SIGTERM to the process group for anything left (a run worker still running), and
+        SIGKILL for what is still alive ``timeout`` seconds after the first signal, which raises
+        :class:`DagsterDevError` naming those processes.
+        """
         if self._stopped:
             return
         self._stopped = True
         group = self.process.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(group, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=timeout)
+        if self.leftover_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGTERM)
         leftovers = self.leftover_processes()
         while leftovers and time.monotonic() < deadline:
             time.sleep(0.2)
