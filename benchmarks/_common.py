@@ -141,6 +141,32 @@ class single_intra_op_thread:
         torch.set_num_threads(self.previous)
 
 
+def available_parallelism(threads: int = 2, seconds: float = 0.2) -> float:
+    """Speed-up of ``threads`` threads over one on the same single-threaded work (512x512 matmuls, one
+    intra-op thread each): about ``threads`` on an idle machine, less when other processes load it."""
+    a = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
+
+    def work(n: int) -> None:
+        with single_intra_op_thread():
+            for _ in range(n):
+                a @ a
+
+    n = 1
+    while timed(lambda: work(n)) < seconds / 4:
+        n *= 2
+    n *= 4
+    one = timed(lambda: work(n))
+
+    def split() -> None:
+        pool = [threading.Thread(target=work, args=(n // threads,)) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+
+    return one / timed(split)
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()

@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import torch  # noqa: E402
 
 from _common import (  # noqa: E402
     Case,
+    available_parallelism,
     conv_bound,
     load_average,
     median,
@@ -62,6 +64,7 @@ def _engine_workers() -> int:
 
 def measure(cases: list[Case], steps: int, repeats: int) -> dict:
     workers = _engine_workers()
+    parallelism = [available_parallelism()]
     fns = {}
     for case in cases:
         ic = torch.as_tensor(case.initial_condition)
@@ -92,7 +95,9 @@ def measure(cases: list[Case], steps: int, repeats: int) -> dict:
                 fn = fns[case.label][name]
                 if fn is not None:
                     times[case.label][name].append(timed(fn))
+        parallelism.append(available_parallelism())
     return {
+        "available_parallelism": parallelism,
         "torch_threads": torch.get_num_threads(),
         "engine_workers": workers,
         "steps": steps,
@@ -110,14 +115,35 @@ def measure(cases: list[Case], steps: int, repeats: int) -> dict:
     }
 
 
+def invariance_checks(cases: list[Case], steps: int) -> dict:
+    """Bits at 64x64: digests with torch threads 1 vs 2, and each realization alone vs with the others."""
+    threads_equal, alone_equal = True, True
+    previous = torch.get_num_threads()
+    for case in cases:
+        ic = torch.as_tensor(case.initial_condition)
+        digests = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            digests[threads] = run_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds).digests
+        torch.set_num_threads(previous)
+        threads_equal &= digests[1] == digests[2]
+        for m, seed in enumerate(case.noise_seeds):
+            alone = run_rollout(case.operator, ic, steps=steps, noise_seeds=[seed]).digests[0]
+            alone_equal &= alone == digests[2][m]
+    return {"threads_1_vs_2": threads_equal, "alone_vs_batched": alone_equal}
+
+
 def child_main(args: argparse.Namespace) -> None:
     applied = keep_freed_memory() if args.allocator == "keep" else False
     sample = sampled_cases(args.operators, channels=CHANNELS, grid=GRID, realizations=REALIZATIONS)
     small = smallest_cases(channels=CHANNELS, grid=GRID, realizations=REALIZATIONS)
+    if args.smallest_only:
+        sample = []
     result = measure(sample + small, args.steps, args.repeats)
     result.update(allocator=args.allocator, keep_freed_memory_applied=applied, n_sample=len(sample))
     if args.profile:
-        result["breakdown"] = breakdown(small[0], args.steps)
+        result["invariance"] = invariance_checks(small, min(args.steps, 8))
+        result["breakdown"] = breakdown(small[0], args.steps) | {"steps": args.steps}
     print(json.dumps(result))
 
 
@@ -128,7 +154,7 @@ def child_main(args: argparse.Namespace) -> None:
 _CATEGORIES = [
     ("conv", ("conv", "mkldnn_convolution")),
     ("pad (circular)", ("pad", "_pad_circular")),
-    ("instance_norm", ("instance_norm", "batch_norm", "var_mean", "rsqrt")),
+    ("instance norm", ("instance_norm", "group_norm", "batch_norm", "var_mean", "rsqrt")),
     ("activation", ("gelu", "tanh", "silu", "relu")),
     ("noise normal_", ("normal_",)),
     ("noise add_", ("add_",)),
@@ -170,12 +196,12 @@ class _HashlibShim:
 
 
 def breakdown(case: Case, steps: int, repeats: int = 5) -> dict:
-    """Time split of one generation rollout by operation, from torch.profiler (all threads).
+    """Time split of one generation rollout by operation, from torch.profiler over all threads.
 
     Each top-level event (an op called from Python, or a ``bench::`` range wrapping base features or
-    hashing) is charged to its category with its whole duration; per thread, what is left of the wall
-    time is Python (and waiting). The profiler adds a few microseconds per op, so the profiled wall time
-    is also reported next to the unprofiled one.
+    hashing) is charged to its category with its whole duration. What the process spent on the CPU
+    beyond those events is Python and thread hand-offs. The profiler adds a few microseconds per op, so
+    the profiled run is slower than the unprofiled one (both reported).
     """
     ic = torch.as_tensor(case.initial_condition)
 
@@ -184,6 +210,7 @@ def breakdown(case: Case, steps: int, repeats: int = 5) -> dict:
 
     run()
     wall = median([timed(run) for _ in range(repeats)])
+    cpu = median([_cpu_timed(run) for _ in range(repeats)])
 
     real_features, real_hashlib = rollout_module.step_features, rollout_module.hashlib
 
@@ -193,8 +220,11 @@ def breakdown(case: Case, steps: int, repeats: int = 5) -> dict:
 
     rollout_module.step_features, rollout_module.hashlib = features, _HashlibShim(real_hashlib)
     try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        config = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)  # the engine's worker threads too
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], experimental_config=config) as prof:
+            start_cpu = time.process_time()
             profiled_wall = timed(run)
+            profiled_cpu = time.process_time() - start_cpu
     finally:
         rollout_module.step_features, rollout_module.hashlib = real_features, real_hashlib
 
@@ -210,11 +240,18 @@ def breakdown(case: Case, steps: int, repeats: int = 5) -> dict:
         "label": case.label,
         "architecture": case.architecture,
         "wall_s": wall,
+        "cpu_s": cpu,
         "profiled_wall_s": profiled_wall,
-        "threads": len(busy_by_thread),
+        "profiled_cpu_s": profiled_cpu,
         "busy_by_thread_s": sorted(busy_by_thread.values(), reverse=True),
         "by_category_s": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
     }
+
+
+def _cpu_timed(fn) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -235,7 +272,7 @@ def run_child(args: argparse.Namespace, allocator: str, profile: bool) -> dict:
         str(args.repeats),
         "--operators",
         str(args.operators),
-    ] + (["--profile"] if profile else [])
+    ] + (["--profile"] if profile else []) + (["--smallest-only"] if args.smallest_only else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
@@ -249,9 +286,11 @@ def _ms(seconds: float) -> str:
 
 def print_efficiency(result: dict) -> None:
     workers = result["engine_workers"]
+    parallelism = " ".join(f"{x:.2f}" for x in result["available_parallelism"])
     print(
         f"torch threads {result['torch_threads']}, engine workers {workers}, T={result['steps']} steps, "
-        f"allocator {result['allocator']!r}, load average at the end: {result['load_average']}"
+        f"allocator {result['allocator']!r}, load average at the end: {result['load_average']}\n"
+        f"available parallelism (2 threads vs 1 on matmuls, before/after each repetition): {parallelism}"
     )
     head = (
         f"{'op':7} {'architecture':26} {'GFLOP':>6} {'(c) bound':>9} {'batch-M':>9} "
@@ -272,6 +311,8 @@ def print_efficiency(result: dict) -> None:
         (f"(i) total over the {n_sample} sampled operators", result["cases"][:n_sample], 1.10),
         ("(ii) smallest architectures (w16 k3, 2-3 layers)", result["cases"][n_sample:], 1.5),
     ):
+        if not group:
+            continue
         total = {k: sum(c["median_s"].get(k, 0.0) for c in group) for k in MEASURES}
         line = (
             f"{name}: (a)/(c) = {total['bare'] / total['bound']:.3f} (target <= {target}), "
@@ -285,7 +326,7 @@ def print_efficiency(result: dict) -> None:
 
 def print_allocator(keep: dict, default: dict) -> None:
     def total(result, measure_name):
-        return sum(c["median_s"][measure_name] for c in result["cases"][: result["n_sample"]])
+        return sum(c["median_s"][measure_name] for c in result["cases"])
 
     same = all(k["digests"] == d["digests"] for k, d in zip(keep["cases"], default["cases"], strict=True))
     print(f"keep_freed_memory() applied in the 'keep' process: {keep['keep_freed_memory_applied']}")
@@ -297,15 +338,19 @@ def print_allocator(keep: dict, default: dict) -> None:
 
 def print_breakdown(b: dict) -> None:
     print(
-        f"{b['label']} ({b['architecture']}): wall {b['wall_s'] * 1e3:.1f} ms unprofiled, "
-        f"{b['profiled_wall_s'] * 1e3:.1f} ms profiled; {b['threads']} thread(s) ran torch ops, busy "
+        f"{b['label']} ({b['architecture']}), T={b.get('steps', '?')}: unprofiled wall {b['wall_s'] * 1e3:.1f} ms, "
+        f"CPU {b['cpu_s'] * 1e3:.1f} ms; profiled wall {b['profiled_wall_s'] * 1e3:.1f} ms, "
+        f"CPU {b['profiled_cpu_s'] * 1e3:.1f} ms; torch ops on {len(b['busy_by_thread_s'])} thread(s), busy "
         + ", ".join(f"{s * 1e3:.1f}" for s in b["busy_by_thread_s"])
         + " ms"
     )
     busy = sum(b["busy_by_thread_s"])
-    python = b["threads"] * b["profiled_wall_s"] - busy
-    rows = list(b["by_category_s"].items()) + [("Python / waiting (threads x wall - busy)", python)]
-    total = busy + python
+    rest = max(0.0, b["profiled_cpu_s"] - busy)
+    rows = [(k, v) for k, v in b["by_category_s"].items() if not k.startswith("other")]
+    others = sum(v for k, v in b["by_category_s"].items() if k.startswith("other"))
+    rows += [("other torch ops (views, empty, ...)", others), ("Python, thread hand-offs (CPU - ops)", rest)]
+    total = busy + rest
+    print("  share of the profiled run's CPU time:")
     for name, seconds in rows:
         print(f"  {name:44} {seconds * 1e3:8.1f} ms  {100 * seconds / total:5.1f}%")
 
@@ -317,6 +362,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--operators", type=int, default=16, help="sampled operators (>= 16 for the report)")
     parser.add_argument("--no-allocator", action="store_true", help="skip the run without keep_freed_memory")
+    parser.add_argument("--smallest-only", action="store_true", help="time only the smallest architectures")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--allocator", choices=("keep", "default"), default="keep", help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
@@ -337,6 +383,8 @@ def main() -> None:
         print_allocator(keep, default)
         print("  efficiency without keep_freed_memory():")
         print_efficiency(default)
+    if "invariance" in keep:
+        print(f"\nbits at 64x64 (smallest operators): {keep['invariance']}")
     print("\n== 3. Breakdown of the smallest operator's generation rollout (torch.profiler, all threads)")
     print_breakdown(keep["breakdown"])
     print(f"\nload average at the end: {load_average()}")

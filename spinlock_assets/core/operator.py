@@ -13,6 +13,10 @@ the usual 1e-5: with a vanishing epsilon the operator would be exactly scale-inv
 (O(a*x) = O(x) for every a > 0) and amplitude-blind; with a unit epsilon small fields pass almost
 linearly and large ones saturate. Normalisation removes any per-channel offset, so hidden
 convolutions carry no bias, and ``weight_gain`` scales the output convolution.
+It is computed as ``F.group_norm`` with one group per channel (the same definition as
+``F.instance_norm``, equal up to rounding): one fused kernel, about 5x cheaper than
+``F.instance_norm`` on the CPU, and each (sample, channel) is reduced by one thread in a fixed order,
+so its bits depend neither on the batch nor on the thread count (tested).
 
 Weights are drawn on the CPU from ``torch.Generator().manual_seed(weight_seed)`` in this fixed order:
 for l = 0..L-1 the weight ``[out, in, k, k]`` with ``randn`` (std ``1/sqrt(in*k*k)``, times
@@ -26,7 +30,7 @@ convex ``x + alpha*(o - x)`` (``torch.lerp``), i.e. ``(1-alpha)*x + alpha*o``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +49,12 @@ NoiseSource = Callable[[int, torch.Tensor], torch.Tensor]
 
 def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return {"relu": F.relu, "gelu": F.gelu, "tanh": F.tanh, "silu": F.silu}[name]
+
+
+def _instance_norm(z: torch.Tensor) -> torch.Tensor:
+    """``(z - mean) / sqrt(var + INSTANCE_NORM_EPS)`` per (sample, channel) of ``z`` ``[B, K, H, W]``
+    (biased variance over the H*W pixels)."""
+    return F.group_norm(z, z.shape[1], eps=INSTANCE_NORM_EPS)
 
 
 @dataclass
@@ -66,20 +76,19 @@ class StochasticCNN:
         pad = self.hyperparameters.kernel_size // 2
         h = x
         for layer, weight in enumerate(self.weights[:-1]):
-            h = F.conv2d(F.pad(h, (pad, pad, pad, pad), mode="circular"), weight)
-            h = activation(F.instance_norm(h, eps=INSTANCE_NORM_EPS))
+            h = activation(_instance_norm(F.conv2d(F.pad(h, (pad, pad, pad, pad), mode="circular"), weight)))
             if noise is not None:
                 h = h.add_(noise(layer, h), alpha=sigma)
         return F.conv2d(F.pad(h, (pad, pad, pad, pad), mode="circular"), self.weights[-1], self.output_bias)
 
-    def update(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-        """The policy update of state ``x`` given ``o = O(x)``."""
+    def update(self, x: torch.Tensor, o: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The policy update of state ``x`` given ``o = O(x)`` (written into ``out`` when given)."""
         policy = self.hyperparameters.policy
         if policy == "autoregressive":
-            return o
+            return o if out is None else out.copy_(o)
         if policy == "residual":
-            return torch.add(x, o, alpha=self.hyperparameters.dt)
-        return torch.lerp(x, o, self.hyperparameters.alpha)
+            return torch.add(x, o, alpha=self.hyperparameters.dt, out=out)
+        return torch.lerp(x, o, self.hyperparameters.alpha, out=out)
 
     def step(self, x: torch.Tensor, noise: NoiseSource | None) -> torch.Tensor:
         """F(x) = policy(x, O(x))."""

@@ -1,16 +1,38 @@
-"""The rollout engine: one operator, M realizations batched, T states streamed one at a time.
+"""The rollout engine: one operator, M realizations, T states streamed one at a time.
 
 ``iterate_rollout`` turns the one-step map into a stream of states (state 0 is the initial condition);
 ``run_rollout`` consumes that stream once and computes, inline, everything generation stores: the F0
 base series, one SHA-256 digest per realization over the exact float32 bytes of its states, the first
 non-finite step, and (only when asked) the full trajectories. Generation and replay both call
 ``run_rollout``: there is no second implementation.
+
+How realizations are computed (and why the bits cannot depend on M, the thread count or scheduling):
+
+- Realization m is stepped on its own (batch of one) with its own noise generator, seeded from
+  ``noise_seeds[m]``; a step reads only realization m's previous state and writes the new one
+  straight into the step's ``[M, C, H, W]`` tensor (no ``torch.cat``). Batching realizations would be faster for small operators, but PyTorch picks the convolution
+  backend by batch size (a 3->16 channel 3x3 conv at 64x64 runs im2col+GEMM at batch 1 and oneDNN at
+  batch 5, with other bits), so realization m would depend on M.
+- On the CPU every step runs on a worker thread that uses one intra-op thread, so each realization's
+  arithmetic is the same single-threaded sequence whatever ``torch.get_num_threads()`` is. The
+  parallelism is across realizations instead: ``min(M, torch.get_num_threads())`` workers step
+  different realizations at once, each realization's steps strictly in order, up to
+  ``LOOKAHEAD_STEPS`` steps ahead of the consumer (so no worker idles at a per-step barrier). Which
+  worker runs a step changes nothing. On 2 cores this beats one realization at a time on 2 intra-op
+  threads: small convolutions, instance norm and the single-threaded ``normal_`` scale poorly.
+- ``run_rollout`` hashes realization m's state on m's own lane right after computing it (so in step
+  order), and computes F0 rows on the same workers in chunks; F0 rows are batch-invariant, so the
+  chunking does not change them.
+- Other devices (CUDA) step the realizations one after another on the calling thread.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,11 +41,179 @@ import torch
 from .features.base import step_features
 from .operator import GeneratorNoise, StochasticCNN
 
-__all__ = ["RolloutRecord", "iterate_rollout", "run_rollout", "FEATURE_CHUNK_STEPS"]
+__all__ = [
+    "FEATURE_CHUNK_ELEMENTS",
+    "LOOKAHEAD_STEPS",
+    "RolloutRecord",
+    "iterate_rollout",
+    "rollout_workers",
+    "run_rollout",
+]
 
-# Base features are computed on chunks of this many steps (x M realizations) at once: per-sample results
-# are batch-invariant (tested), and batching amortises per-op overhead on small grids.
-FEATURE_CHUNK_STEPS = 16
+# Base features are computed on chunks of whole steps of at least this many pixels (all channels and
+# realizations): enough to amortise per-op overhead on small grids, small enough that the last chunk
+# adds little after the rollout's final step. Rows are batch-invariant, so results do not depend on it.
+FEATURE_CHUNK_ELEMENTS = 1 << 16
+# How many steps a realization may run ahead of the step the consumer waits for (bounds memory to about
+# LOOKAHEAD_STEPS + 2 states [M, C, H, W]); more than 1 so workers do not wait at each step's end.
+LOOKAHEAD_STEPS = 4
+
+# Called as on_state(m, state) with realization m's new state [C, H, W], in step order for each m.
+StateHook = Callable[[int, torch.Tensor], None]
+
+
+def rollout_workers(n_realizations: int, device: str | torch.device = "cpu") -> int:
+    """Worker threads a rollout of ``n_realizations`` steps on: ``min(M, torch.get_num_threads())`` on the
+    CPU, 0 elsewhere (steps run on the calling thread)."""
+    if torch.device(device).type != "cpu":
+        return 0
+    return max(1, min(n_realizations, torch.get_num_threads()))
+
+
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """This process's pool of ``workers`` threads whose torch ops use one intra-op thread each.
+
+    Pools live for the process and are shared by every rollout (creating threads per rollout would cost
+    more than small rollouts). Keyed by pid too: a forked child inherits the dict but not the threads.
+    """
+    key = (os.getpid(), workers)
+    with _pools_lock:
+        if key not in _pools:
+            intra_op_threads = torch.get_num_threads()
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="rollout", initializer=torch.set_num_threads, initargs=(1,))
+            # Start every worker now (the executor would start them lazily): each task blocks until all are up.
+            started = threading.Barrier(workers)
+            wait([pool.submit(started.wait) for _ in range(workers)])
+            # torch.set_num_threads sets the calling thread's OpenMP count and also the default of threads
+            # started later; put that default back (this thread's own count is unchanged).
+            torch.set_num_threads(intra_op_threads)
+            _pools[key] = pool
+        return _pools[key]
+
+
+class _Lane:
+    """One realization: its noise generator and the next step it will compute."""
+
+    def __init__(self, operator: StochasticCNN, seed: int) -> None:
+        self.operator = operator
+        self.noise = GeneratorNoise(seed, operator.device)
+        self.next_step = 1
+
+    def step(self, states: dict[int, torch.Tensor], m: int) -> torch.Tensor:
+        """Compute state ``next_step`` of realization m from the previous one, in place in ``states``
+        (no ``torch.cat`` of the realizations); returns it ``[C, H, W]``."""
+        t = self.next_step
+        x, out = states[t - 1][m : m + 1], states[t][m : m + 1]
+        self.operator.update(x, self.operator.apply(x, self.noise), out=out)
+        return out[0]
+
+
+class _LaneScheduler:
+    """Runs the lanes' steps on a worker pool and hands out each completed step ``[M, C, H, W]`` in order.
+
+    A lane is submitted for one step at a time; when the step is done it resubmits itself if the next
+    step is within the limit, else it waits until the consumer raises the limit. So each realization's
+    steps run in order, one at a time, on whichever worker is free.
+    """
+
+    def __init__(
+        self, pool: Executor, lanes: list[_Lane], first: torch.Tensor, steps: int, on_state: StateHook | None
+    ) -> None:
+        self.pool, self.lanes, self.steps, self.on_state = pool, lanes, steps, on_state
+        self.first = first
+        self.states: dict[int, torch.Tensor] = {0: first}  # step -> [M, C, H, W], allocated up to the limit
+        self.done: dict[int, list[Future]] = {}  # step -> one future per realization
+        self.lock = threading.Lock()  # guards limit, waiting, closed, in_flight and the dicts' growth
+        self.limit = 0
+        self.waiting = list(range(len(lanes)))  # lanes whose next step is beyond the limit
+        self.in_flight: list[Future | None] = [None] * len(lanes)
+        self.closed = False
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        try:
+            self._raise_limit(LOOKAHEAD_STEPS)
+            for t in range(1, self.steps):
+                for done in self.done[t]:
+                    done.result()  # re-raises a lane's exception
+                with self.lock:  # every lane is past step t: nobody reads these any more
+                    del self.done[t], self.states[t - 1]
+                self._raise_limit(t + LOOKAHEAD_STEPS)
+                yield self.states[t]
+        finally:
+            with self.lock:
+                self.closed = True
+            wait([f for f in self.in_flight if f is not None])  # no worker touches our tensors after return
+
+    def _raise_limit(self, limit: int) -> None:
+        with self.lock:
+            limit = min(limit, self.steps - 1)
+            for t in range(self.limit + 1, limit + 1):
+                self.states[t] = torch.empty_like(self.first)
+                self.done[t] = [Future() for _ in self.lanes]
+            self.limit = limit
+            waiting, self.waiting = self.waiting, []
+            for m in waiting:
+                self._submit(m)
+
+    def _submit(self, m: int) -> None:  # lock held
+        self.in_flight[m] = self.pool.submit(self._advance, m)
+
+    def _advance(self, m: int) -> None:  # on a worker
+        lane = self.lanes[m]
+        done = self.done[lane.next_step][m]
+        try:
+            state = lane.step(self.states, m)
+            if self.on_state is not None:
+                self.on_state(m, state)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            done.set_exception(error)
+            return
+        with self.lock:
+            lane.next_step += 1
+            if not self.closed and lane.next_step < self.steps:
+                if lane.next_step <= self.limit:
+                    self._submit(m)
+                else:
+                    self.waiting.append(m)
+        done.set_result(None)
+
+
+def _stream(
+    operator: StochasticCNN,
+    initial_condition: torch.Tensor,
+    steps: int,
+    noise_seeds: Sequence[int],
+    on_state: StateHook | None,
+) -> Iterator[torch.Tensor]:
+    if initial_condition.ndim != 3:
+        raise ValueError(f"initial_condition must be [C, H, W]; got shape {tuple(initial_condition.shape)}")
+    n = len(noise_seeds)
+    first = initial_condition.to(operator.device, torch.float32).unsqueeze(0).expand(n, -1, -1, -1).contiguous()
+    if on_state is not None:
+        for m in range(n):
+            on_state(m, first[m])
+    yield first
+    if steps <= 1:
+        return
+    lanes = [_Lane(operator, seed) for seed in noise_seeds]
+    workers = rollout_workers(n, operator.device)
+    if workers:
+        yield from _LaneScheduler(_worker_pool(workers), lanes, first, steps, on_state)
+        return
+    states = {0: first}
+    for t in range(1, steps):
+        states[t] = torch.empty_like(first)
+        for m, lane in enumerate(lanes):
+            state = lane.step(states, m)
+            lane.next_step += 1
+            if on_state is not None:
+                on_state(m, state)
+        del states[t - 1]
+        yield states[t]
 
 
 def iterate_rollout(
@@ -31,20 +221,10 @@ def iterate_rollout(
 ) -> Iterator[torch.Tensor]:
     """Yield the ``steps`` states ``[M, C, H, W]`` of M = len(noise_seeds) realizations, starting at the IC.
 
-    Each realization is stepped on its own (batch of one), with noise only from ``noise_seeds[m]``.
-    Batching realizations would be faster for small operators, but oneDNN picks convolution
-    algorithms by batch size (measured: a 3->16 channel 3x3 conv at 64x64 gives other bits at batch
-    5 than at batch 1), so realization m would depend on M. Yielded tensors are never modified.
+    Realization m is stepped alone, with noise only from ``noise_seeds[m]`` (see the module docstring).
+    Yielded tensors are never modified afterwards.
     """
-    if initial_condition.ndim != 3:
-        raise ValueError(f"initial_condition must be [C, H, W]; got shape {tuple(initial_condition.shape)}")
-    noises = [GeneratorNoise(seed, operator.device) for seed in noise_seeds]
-    state = initial_condition.to(operator.device, torch.float32).unsqueeze(0).expand(len(noises), -1, -1, -1)
-    state = state.contiguous()
-    yield state
-    for _ in range(steps - 1):
-        state = torch.cat([operator.step(state[m : m + 1], noise) for m, noise in enumerate(noises)])
-        yield state
+    return _stream(operator, initial_condition, steps, noise_seeds, on_state=None)
 
 
 @dataclass
@@ -66,37 +246,48 @@ class RolloutRecord:
         return bool((self.first_nonfinite_step >= 0).any())
 
 
-class _DigestAccumulator:
-    def __init__(self, n_realizations: int) -> None:
-        self.hashes = [hashlib.sha256() for _ in range(n_realizations)]
-
-    def update(self, cpu_states: np.ndarray) -> None:
-        for realization_hash, state in zip(self.hashes, cpu_states, strict=True):
-            realization_hash.update(np.ascontiguousarray(state, dtype="<f4").data)
-
-
 class _BaseSeriesAccumulator:
-    """Buffers up to FEATURE_CHUNK_STEPS states and computes their F0 rows in one batch."""
+    """Collects states until a chunk holds FEATURE_CHUNK_ELEMENTS pixels, then computes its F0 rows in
+    one batch, on ``executor`` when given (results are collected by :meth:`finish`)."""
 
-    def __init__(self, n_realizations: int, steps: int, channels: int) -> None:
+    def __init__(self, n_realizations: int, steps: int, channels: int, executor: Executor | None) -> None:
         self.series = np.empty((n_realizations, steps, channels, 10), dtype=np.float32)
+        self.executor = executor
         self.pending: list[torch.Tensor] = []
         self.next_step = 0
+        self.chunks: list[tuple[int, Future]] = []
 
     def update(self, state: torch.Tensor) -> None:
         self.pending.append(state)
-        if len(self.pending) == FEATURE_CHUNK_STEPS:
+        if len(self.pending) * state.numel() >= FEATURE_CHUNK_ELEMENTS:
             self.flush()
 
     def flush(self) -> None:
         if not self.pending:
             return
-        chunk = torch.stack(self.pending, dim=1)  # [M, k, C, H, W]
+        chunk, self.pending = self.pending, []
+        future = self.executor.submit(self._rows, chunk) if self.executor else _completed(self._rows(chunk))
+        self.chunks.append((self.next_step, future))
+        self.next_step += len(chunk)
+
+    @staticmethod
+    def _rows(states: list[torch.Tensor]) -> np.ndarray:
+        chunk = torch.stack(states, dim=1)  # [M, k, C, H, W]
         m, k = chunk.shape[:2]
-        rows = step_features(chunk.reshape(m * k, *chunk.shape[2:])).reshape(m, k, *chunk.shape[2:3], 10)
-        self.series[:, self.next_step : self.next_step + k] = rows.cpu().numpy()
-        self.next_step += k
-        self.pending = []
+        return step_features(chunk.reshape(m * k, *chunk.shape[2:])).reshape(m, k, chunk.shape[2], 10).cpu().numpy()
+
+    def finish(self) -> np.ndarray:
+        self.flush()
+        for start, future in self.chunks:
+            rows = future.result()
+            self.series[:, start : start + rows.shape[1]] = rows
+        return self.series
+
+
+def _completed(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def run_rollout(
@@ -110,24 +301,27 @@ def run_rollout(
     """Roll out once, computing base series, digests and divergence inline (see the module docstring)."""
     initial_condition = torch.as_tensor(initial_condition)
     n_realizations, channels = len(noise_seeds), initial_condition.shape[0]
-    digests = _DigestAccumulator(n_realizations)
-    features = _BaseSeriesAccumulator(n_realizations, steps, channels)
+    hashes = [hashlib.sha256() for _ in range(n_realizations)]
+
+    def hash_state(m: int, state: torch.Tensor) -> None:  # on realization m's lane, in step order
+        hashes[m].update(np.ascontiguousarray(state.cpu().numpy(), dtype="<f4").data)
+
+    workers = rollout_workers(n_realizations, operator.device)
+    features = _BaseSeriesAccumulator(n_realizations, steps, channels, _worker_pool(workers) if workers else None)
     trajectories = (
         np.empty((n_realizations, steps, *initial_condition.shape), dtype=np.float32) if keep_trajectories else None
     )
-    for t, state in enumerate(iterate_rollout(operator, initial_condition, steps=steps, noise_seeds=noise_seeds)):
-        cpu_states = state.cpu().numpy()
-        digests.update(cpu_states)
+    for t, state in enumerate(_stream(operator, initial_condition, steps, noise_seeds, on_state=hash_state)):
         features.update(state)
         if trajectories is not None:
-            trajectories[:, t] = cpu_states
-    features.flush()
-    nonfinite = features.series[..., -1] > 0  # [M, T, C] nonfinite_frac column
+            trajectories[:, t] = state.cpu().numpy()
+    series = features.finish()
+    nonfinite = series[..., -1] > 0  # [M, T, C] nonfinite_frac column
     any_nonfinite = nonfinite.any(axis=2)
     first = np.where(any_nonfinite.any(axis=1), any_nonfinite.argmax(axis=1), -1).astype(np.int32)
     return RolloutRecord(
-        base_series=features.series,
-        digests=[h.hexdigest() for h in digests.hashes],
+        base_series=series,
+        digests=[h.hexdigest() for h in hashes],
         first_nonfinite_step=first,
         trajectories=trajectories,
     )

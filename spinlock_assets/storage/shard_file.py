@@ -27,6 +27,7 @@ from spinlock_assets.storage.errors import (
     ShardExistsError,
     ShardMissingError,
     SpecMismatchError,
+    StorageError,
 )
 from spinlock_assets.storage.layout import (
     SCHEMA_VERSION,
@@ -99,14 +100,23 @@ def write_shard_file(
     file_attrs = _complete_file_attrs(attrs)
     for name, array in arrays.items():
         check_stored_array(name, array, file_attrs["operator_start"], file_attrs["operator_stop"])
-    with atomic_output(path, overwrite=overwrite, exists_error=ShardExistsError) as tmp:
-        # libver v110: checksummed object headers, so damaged names, shapes and dtypes fail the read too.
-        with h5py.File(tmp, "w-", libver=("v110", "latest")) as handle:
-            handle.attrs.update({key: encode_attr(value) for key, value in file_attrs.items()})
-            for name, array in arrays.items():
-                write_array(handle, name, array)
-        sha256 = file_sha256(tmp)
-        n_bytes = tmp.stat().st_size
+    try:
+        with atomic_output(path, overwrite=overwrite, exists_error=ShardExistsError) as tmp:
+            # libver v110: checksummed object headers, so damaged names, shapes and dtypes fail the read too.
+            with h5py.File(tmp, "w-", libver=("v110", "latest")) as handle:
+                handle.attrs.update({key: encode_attr(value) for key, value in file_attrs.items()})
+                for name, array in arrays.items():
+                    write_array(handle, name, array)
+            sha256 = file_sha256(tmp)
+            n_bytes = tmp.stat().st_size
+    except StorageError:
+        raise
+    except OSError as exc:  # disk full, permissions...: the OS and h5py do not say which file
+        message = (
+            f"{path}: writing the shard file failed ({exc.strerror or exc}); nothing was published "
+            "and a previous file under that name keeps its bytes"
+        )
+        raise (OSError(exc.errno, message) if exc.errno is not None else OSError(message)) from exc
     return ShardFileInfo(path=path, sha256=sha256, n_bytes=n_bytes)
 
 

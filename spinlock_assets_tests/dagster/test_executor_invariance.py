@@ -16,7 +16,7 @@ ROOT_VARIABLE = "SPINLOCK_TEST_MULTIPROCESS_ROOT"
 
 
 def multiprocess_generation_job() -> dg.JobDefinition:
-    """Rebuilt inside each step process (``dg.reconstructable``), so it reads its root from the environment."""
+    """Rebuilt in each step process (``dg.reconstructable``), so it reads its root from the environment."""
     defs = tiny_definitions(tiny_spec(), os.environ[ROOT_VARIABLE])
     job = dg.define_asset_job(
         "generate_multiprocess",
