@@ -41,21 +41,26 @@ class DatasetResource(dg.ConfigurableResource):
     def check_root_matches_spec(self) -> None:
         """Refuse, before any work, a data root holding shards of another spec (e.g. T or grid changed):
         mixing them would silently corrupt the dataset. Raises ``SpecMismatchError`` naming both hashes."""
-        from .storage import SpecMismatchError
+        from .storage import SpecMismatchError, StorageError
 
         root = self.store.root
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-            keys = self.store.shard_keys(folder.name)
-            if not keys:
-                continue
-            stored = self.store.read_header(folder.name, keys[0]).attrs.get("spec_hash")
-            if stored != self.spec.spec_hash:
-                raise SpecMismatchError(
-                    f"{self.store.path(folder.name, keys[0])} was written for spec hash {stored}, "
-                    f"but the current "
-                    f"spec has hash {self.spec.spec_hash}: a changed spec needs a new dataset root "
-                    f"(set SPINLOCK_DATA_ROOT to an empty folder)"
-                )
+        # Asset folders are identifiers; anything else (lost+found, .ipynb_checkpoints) is not ours.
+        folders = (
+            sorted(p for p in root.iterdir() if p.is_dir() and p.name.isidentifier()) if root.is_dir() else []
+        )
+        for folder in folders:
+            for key in self.store.shard_keys(folder.name):
+                try:
+                    stored = self.store.read_header(folder.name, key).attrs.get("spec_hash")
+                except StorageError:
+                    continue  # a damaged shard is for the integrity check; re-materializing repairs it
+                if stored != self.spec.spec_hash:
+                    raise SpecMismatchError(
+                        f"{self.store.path(folder.name, key)} was written for spec hash {stored}, but the "
+                        f"current spec has hash {self.spec.spec_hash}: a changed spec needs a new dataset "
+                        f"root (set SPINLOCK_DATA_ROOT to an empty folder)"
+                    )
+                break  # one readable shard per asset decides
 
 
 class RolloutResource(dg.ConfigurableResource):
