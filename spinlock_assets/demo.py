@@ -12,9 +12,13 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 __all__ = ["main"]
+
+# The runs' full event logs are in the instance (and the UI); the terminal gets one line per shard.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _prepare_instance(home: Path) -> None:
@@ -39,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
     import numpy as np
 
+    # Data versions and partitioned checks are Dagster beta/preview features this project relies on.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
     from .definitions import defs
     from .jobs import DATASET_JOB, GENERATION_JOB
     from .resources import DatasetResource
@@ -56,12 +64,18 @@ def main(argv: list[str] | None = None) -> int:
             f"({len(keys) - len(todo)} already materialized); spec hash {spec.spec_hash}"
         )
         for number, key in enumerate(todo, start=1):
-            result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+            result = job.execute_in_process(
+                partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET
+            )
             status = "ok" if result.success else "FAILED"
             print(f"  [{number}/{len(todo)}] {key}: {status} ({time.perf_counter() - started:.0f} s)")
             if not result.success:
                 return 1
-        if not defs.resolve_job_def(DATASET_JOB).execute_in_process(instance=instance).success:
+        if (
+            not defs.resolve_job_def(DATASET_JOB)
+            .execute_in_process(instance=instance, run_config=QUIET)
+            .success
+        ):
             return 1
 
     from .core.verification import verify
