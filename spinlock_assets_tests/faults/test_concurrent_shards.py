@@ -6,7 +6,6 @@ bit-exactly."""
 from __future__ import annotations
 
 import json
-import re
 
 import dagster as dg
 import pytest
@@ -50,15 +49,19 @@ def test_shards_materialized_concurrently_are_all_valid_and_replay_exactly(tmp_p
     }
     for key, child in children.items():
         assert child.wait(timeout=300) == 0, (tmp_path / f"{key}.log").read_text()[-5000:]
-    for key in SHARDS:  # the multiprocess executor ran them, and every check of every run passed
-        log = (tmp_path / f"{key}.log").read_text()
-        assert executor_line in log
-        evaluations = re.findall(r"ASSET_CHECK_EVALUATION - Asset check '(\w+)' on '(\w+)' (\w+)", log)
-        assert len(evaluations) == 5 and {outcome for *_, outcome in evaluations} == {"passed"}, evaluations
+    for key in SHARDS:  # the intended executor ran them
+        assert executor_line in (tmp_path / f"{key}.log").read_text()
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_run_records()
         assert len(runs) == 3 and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        for run in runs:  # every check of every run was recorded, and passed (read from the event log:
+            # the console of a multiprocess run may end before a step's last event is printed)
+            events = instance.all_logs(
+                run.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+            )
+            evaluations = [e.dagster_event.event_specific_data for e in events]
+            assert len(evaluations) == 5 and all(e.passed for e in evaluations), evaluations
         assert instance.get_materialized_partitions(dg.AssetKey("base_features")) == set(SHARDS)
     assert temp_files(data_root) == []
     for asset in GENERATION:
