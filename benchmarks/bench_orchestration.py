@@ -29,6 +29,7 @@ import dagster as dg
 
 from spinlock_assets.constants import DEFAULT_SPEC_PATH
 from spinlock_assets.core.spec import DatasetSpec, ParameterSpace, load_spec
+from spinlock_assets.demo import QUIET
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +104,7 @@ def through_dagster(spec: DatasetSpec, root: Path) -> float:
     with dg.instance_for_test() as instance:
         started = time.perf_counter()
         for key in job.partitions_def.get_partition_keys():
-            assert job.execute_in_process(partition_key=key, instance=instance).success
+            assert job.execute_in_process(partition_key=key, instance=instance, run_config=QUIET).success
         return time.perf_counter() - started
 
 
