@@ -14,6 +14,7 @@ from ..constants import FEATURES_GROUP, OWNERS
 from ..generation.assets import IO_MANAGER_KEY, load_records, preview
 from ..io_manager import ShardOutput
 from ..resources import DatasetResource, RolloutResource
+from ..storage.operator_arrays import ENGINE_VERSION
 
 __all__ = ["build_feature_assets", "family_asset_name"]
 
@@ -25,6 +26,14 @@ UPSTREAM = ["operator_parameters", "initial_conditions", "base_features"]
 
 def family_asset_name(family_name: str) -> str:
     return f"{family_name}_features"
+
+
+def family_code_version(family) -> str:
+    """The family's version, plus the engine's for families computed from a replay (an engine change alters
+    their inputs, so they must go stale too)."""
+    if family.needs.value == "base_series":
+        return f"{family.name}-{family.version}"
+    return f"{family.name}-{family.version}+engine-{ENGINE_VERSION}"
 
 
 def _kinds(family) -> set[str]:
@@ -42,7 +51,7 @@ def build_feature_assets(
         name: dg.AssetOut(
             description=f"{family.description} (feature family '{family.name}', needs {family.needs.value})",
             group_name=FEATURES_GROUP,
-            code_version=family.version,
+            code_version=family_code_version(family),
             kinds=_kinds(family),
             owners=OWNERS,
             io_manager_key=IO_MANAGER_KEY,

@@ -98,7 +98,7 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         operator_parameters,
         initial_conditions,
     ) -> dg.Output:
-        """Base feature series and summaries (family F0) plus per-realization trajectory digests, computed
+        """Base feature series and summaries (the base feature family) plus per-realization trajectory digests, computed
         inline during the one seeded generation rollout of each operator."""
         import time
 
