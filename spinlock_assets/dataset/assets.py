@@ -33,9 +33,9 @@ def build_dataset_asset(
     )
     def dataset(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
         """The single-file view dataset.h5 (/parameters, /inputs, /features/<family>, /verification,
-        /metadata). Shards or families not materialized yet are left out or masked (present = 0), so it can
-        be built at any time: confirm when the UI warns about unmaterialized upstream partitions.
-        over all shard files, readable with plain h5py; missing shards are masked, never zeros."""
+        /metadata) over all shard files, readable with plain h5py. Shards or families not materialized yet
+        are left out or masked (present = 0, never zeros), so it can be built at any time: confirm when the
+        UI warns about unmaterialized upstream partitions."""
         from ..core.shards import shard_ranges
         from ..storage import FIXED_SOURCES, build_consolidated_dataset, family_source, file_sha256
         from ..storage.layout import SCHEMA_VERSION

@@ -98,8 +98,8 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         operator_parameters,
         initial_conditions,
     ) -> dg.Output:
-        """Base feature series and summaries (the base feature family) plus per-realization trajectory digests, computed
-        inline during the one seeded generation rollout of each operator."""
+        """Base feature series and summaries plus per-realization trajectory digests, computed inline
+        during the one seeded generation rollout of each operator."""
         import time
 
         from ..storage.operator_arrays import base_feature_arrays
