@@ -5,6 +5,7 @@ Nothing here is imported by the package; benchmarks import the package, never th
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import threading
@@ -49,7 +50,9 @@ class Case:
         return len(self.noise_seeds) * sum(2.0 * wt.numel() * h * w for wt in self.operator.weights)
 
 
-def _case(label: str, hp: OperatorHyperparameters, index: int, *, channels: int, grid: int, realizations: int) -> Case:
+def _case(
+    label: str, hp: OperatorHyperparameters, index: int, *, channels: int, grid: int, realizations: int
+) -> Case:
     seeds = operator_seeds(ROOT_SEED, index, realizations)
     operator = build_operator(hp, channels=channels, weight_seed=seeds.weight_seed)
     ic = initial_condition(
@@ -63,7 +66,9 @@ def sampled_cases(n: int, *, channels: int, grid: int, realizations: int) -> lis
     space = ParameterSpace()
     points = sobol_points(ROOT_SEED, 0, n)
     return [
-        _case(f"op{i:02d}", map_parameters(p, space), i, channels=channels, grid=grid, realizations=realizations)
+        _case(
+            f"op{i:02d}", map_parameters(p, space), i, channels=channels, grid=grid, realizations=realizations
+        )
         for i, p in enumerate(points)
     ]
 
@@ -80,11 +85,15 @@ def smallest_cases(*, channels: int, grid: int, realizations: int) -> list[Case]
     cases = []
     for j, (layers, activation, policy, dt, alpha) in enumerate(rows):
         hp = OperatorHyperparameters(layers, 16, 3, activation, 0.01, 1.0, policy, dt, alpha, "blobs", 0.5)
-        cases.append(_case(f"small{j}", hp, 1000 + j, channels=channels, grid=grid, realizations=realizations))
+        cases.append(
+            _case(f"small{j}", hp, 1000 + j, channels=channels, grid=grid, realizations=realizations)
+        )
     return cases
 
 
-def conv_bound(case: Case, steps: int, *, batched: bool = False, workers: int = 1) -> Callable[[], None]:
+def conv_bound(
+    case: Case, steps: int, *, batched: bool = False, workers: int = 1, engine_convs: bool = True
+) -> Callable[[], None]:
     """A callable running only the operator's convolutions for ``steps - 1`` steps: the same layer shapes,
     inputs pre-padded (so no pad, norm, noise or update), nothing else.
 
@@ -92,21 +101,33 @@ def conv_bound(case: Case, steps: int, *, batched: bool = False, workers: int = 
     must use, see ``iterate_rollout``). ``batched=True``: one batch-M conv per layer (reference only: its
     bits may differ from batch 1). ``workers=n`` runs the batch-1 convs of the realizations on n threads
     with one intra-op thread each (the engine's own structure when it parallelises realizations).
+    ``engine_convs``: the convolutions as the engine computes them (``StochasticCNN.convolve``, which runs
+    narrow layers as a matrix product and shifted adds); False, or an engine without ``convolve``:
+    ``F.conv2d`` for every layer.
     """
     c, h, w = case.initial_condition.shape
     m = len(case.noise_seeds)
     pad = case.hp.kernel_size // 2
-    weights = case.operator.weights
-    biases = [None] * (len(weights) - 1) + [case.operator.output_bias]
+    operator = case.operator
+    weights = operator.weights
+    biases = [None] * (len(weights) - 1) + [operator.output_bias]
     generator = torch.Generator().manual_seed(0)
     batch = m if batched else 1
-    inputs = [torch.randn(batch, wt.shape[1], h + 2 * pad, w + 2 * pad, generator=generator) for wt in weights]
+    inputs = [
+        torch.randn(batch, wt.shape[1], h + 2 * pad, w + 2 * pad, generator=generator) for wt in weights
+    ]
+    if engine_convs and hasattr(operator, "convolve"):
+        layers = [functools.partial(operator.convolve, layer, x) for layer, x in enumerate(inputs)]
+    else:
+        layers = [
+            functools.partial(F.conv2d, x, wt, b) for x, wt, b in zip(inputs, weights, biases, strict=True)
+        ]
 
     def run_layers(realizations: int, n_steps: int) -> None:
         for _ in range(n_steps):
             for _ in range(realizations):
-                for x, wt, b in zip(inputs, weights, biases, strict=True):
-                    F.conv2d(x, wt, b)
+                for layer in layers:
+                    layer()
 
     if batched:
         return lambda: run_layers(1, steps - 1)
@@ -152,10 +173,10 @@ def available_parallelism(threads: int = 2, seconds: float = 0.2) -> float:
                 a @ a
 
     n = 1
-    while timed(lambda: work(n)) < seconds / 4:
+    while timed(functools.partial(work, n)) < seconds / 4:
         n *= 2
     n *= 4
-    one = timed(lambda: work(n))
+    one = timed(functools.partial(work, n))
 
     def split() -> None:
         pool = [threading.Thread(target=work, args=(n // threads,)) for _ in range(threads)]
@@ -171,6 +192,13 @@ def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def wall_and_cpu(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall time and process CPU time (all threads) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def median(values: list[float]) -> float:

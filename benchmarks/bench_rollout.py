@@ -23,6 +23,7 @@ profiles the smallest operator's generation rollout (torch.profiler) and splits 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -34,7 +35,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: _common is a sibling
 
 import torch  # noqa: E402
-
 from _common import (  # noqa: E402
     Case,
     available_parallelism,
@@ -44,18 +44,21 @@ from _common import (  # noqa: E402
     sampled_cases,
     smallest_cases,
     timed,
+    wall_and_cpu,
 )
+
 from spinlock_assets.core import rollout as rollout_module  # noqa: E402
 from spinlock_assets.core.allocator import keep_freed_memory  # noqa: E402
 from spinlock_assets.core.rollout import iterate_rollout, run_rollout  # noqa: E402
 
 GRID, CHANNELS, REALIZATIONS = 64, 3, 5
-MEASURES = ("bound", "bound_batched", "bound_workers", "bare", "generation")
+MEASURES = ("bound", "bound_serial", "bound_f_conv2d", "bound_batched", "bare", "generation")
 
 
 def _engine_workers() -> int:
-    """How many threads the engine steps realizations on (1 for an engine without worker threads)."""
-    return int(getattr(rollout_module, "rollout_workers", lambda m: 1)(REALIZATIONS))
+    """How many worker threads the engine steps realizations on (0: on the calling thread, as an engine
+    without workers does)."""
+    return int(getattr(rollout_module, "rollout_workers", lambda m: 0)(REALIZATIONS))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -76,10 +79,14 @@ def measure(cases: list[Case], steps: int, repeats: int) -> dict:
         def generation(case=case, ic=ic):
             return run_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds)
 
+        # (c) runs the convs in the engine's own thread structure: on `workers` threads with one intra-op
+        # thread each when the engine has workers, else one after another on torch's intra-op threads.
+        structured = functools.partial(conv_bound, case, steps, workers=max(workers, 1))
         fns[case.label] = {
-            "bound": conv_bound(case, steps),
+            "bound": structured(),
+            "bound_serial": conv_bound(case, steps) if workers > 1 else None,
+            "bound_f_conv2d": structured(engine_convs=False) if hasattr(case.operator, "convolve") else None,
             "bound_batched": conv_bound(case, steps, batched=True),
-            "bound_workers": conv_bound(case, steps, workers=workers) if workers > 1 else None,
             "bare": bare,
             "generation": generation,
         }
@@ -89,12 +96,15 @@ def measure(cases: list[Case], steps: int, repeats: int) -> dict:
             if fn is not None:
                 fn()
     times: dict[str, dict[str, list[float]]] = {c.label: defaultdict(list) for c in cases}
+    cpu_times: dict[str, dict[str, list[float]]] = {c.label: defaultdict(list) for c in cases}
     for _ in range(repeats):
         for case in cases:
             for name in MEASURES:
                 fn = fns[case.label][name]
                 if fn is not None:
-                    times[case.label][name].append(timed(fn))
+                    wall, cpu = wall_and_cpu(fn)
+                    times[case.label][name].append(wall)
+                    cpu_times[case.label][name].append(cpu)
         parallelism.append(available_parallelism())
     return {
         "available_parallelism": parallelism,
@@ -108,6 +118,7 @@ def measure(cases: list[Case], steps: int, repeats: int) -> dict:
                 "architecture": c.architecture,
                 "gflop": c.conv_flops_per_step() * (steps - 1) / 1e9,
                 "median_s": {k: median(v) for k, v in times[c.label].items()},
+                "median_cpu_s": {k: median(v) for k, v in cpu_times[c.label].items()},
                 "digests": digests[c.label],
             }
             for c in cases
@@ -124,7 +135,9 @@ def invariance_checks(cases: list[Case], steps: int) -> dict:
         digests = {}
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            digests[threads] = run_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds).digests
+            digests[threads] = run_rollout(
+                case.operator, ic, steps=steps, noise_seeds=case.noise_seeds
+            ).digests
         torch.set_num_threads(previous)
         threads_equal &= digests[1] == digests[2]
         for m, seed in enumerate(case.noise_seeds):
@@ -134,6 +147,8 @@ def invariance_checks(cases: list[Case], steps: int) -> dict:
 
 
 def child_main(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     applied = keep_freed_memory() if args.allocator == "keep" else False
     sample = sampled_cases(args.operators, channels=CHANNELS, grid=GRID, realizations=REALIZATIONS)
     small = smallest_cases(channels=CHANNELS, grid=GRID, realizations=REALIZATIONS)
@@ -144,6 +159,7 @@ def child_main(args: argparse.Namespace) -> None:
     if args.profile:
         result["invariance"] = invariance_checks(small, min(args.steps, 8))
         result["breakdown"] = breakdown(small[0], args.steps) | {"steps": args.steps}
+        result["op_costs"] = op_costs(small[0], args.steps)
     print(json.dumps(result))
 
 
@@ -195,6 +211,97 @@ class _HashlibShim:
         return _TimedHash(self._real.sha256(*args))
 
 
+def op_costs(case: Case, steps: int) -> dict:
+    """CPU microseconds per realization-step of each operation the engine performs for ``case``, each op
+    timed alone (thread CPU time, one intra-op thread, the shapes of the engine), next to the engine's
+    own CPU time per realization-step. Thread CPU time is hardly disturbed by other processes, unlike
+    wall time or a profile's event durations. Mirrors ``StochasticCNN.apply``/``update`` and
+    ``run_rollout``: update this when they change.
+    """
+    import hashlib
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    from spinlock_assets.core.features.base import step_features
+    from spinlock_assets.core.operator import GeneratorNoise, _activation
+
+    try:
+        from spinlock_assets.core.operator import _instance_norm
+    except ImportError:  # an engine from before group_norm
+        _instance_norm = functools.partial(F.instance_norm, eps=1.0)
+
+    op, hp = case.operator, case.hp
+    pad = hp.kernel_size // 2
+    c, h, w = case.initial_condition.shape
+    m = len(case.noise_seeds)
+    x = torch.as_tensor(case.initial_condition)[None].clone()
+    hidden = torch.randn(1, hp.width, h, w)
+    noise = GeneratorNoise(0, op.device)
+    activation = _activation(hp.activation)
+
+    def each(fn, n=30):
+        fn()
+        samples = []
+        for _ in range(5):
+            start = time.thread_time()
+            for _ in range(n):
+                fn()
+            samples.append((time.thread_time() - start) / n * 1e6)
+        return median(samples)
+
+    costs: dict[str, float] = defaultdict(float)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        inputs = [x] + [hidden] * (hp.n_layers - 1)
+        for layer, (inp, weight) in enumerate(zip(inputs, op.weights, strict=True)):
+            padded = F.pad(inp, (pad,) * 4, mode="circular")
+            costs["pad (circular)"] += each(lambda inp=inp: F.pad(inp, (pad,) * 4, mode="circular"))
+            bias = op.output_bias if layer == hp.n_layers - 1 else None
+            if hasattr(op, "convolve"):
+                costs["conv"] += each(lambda p=padded, layer=layer: op.convolve(layer, p))
+            else:
+                costs["conv"] += each(lambda p=padded, wt=weight, b=bias: F.conv2d(p, wt, b))
+        n_hidden = hp.n_layers - 1
+        costs["instance norm"] = n_hidden * each(lambda: _instance_norm(hidden))
+        costs["activation"] = n_hidden * each(lambda: activation(hidden))
+        costs["noise normal_"] = n_hidden * each(lambda: noise(0, hidden))
+        costs["noise add_"] = n_hidden * each(lambda: hidden.add_(noise._buffer, alpha=hp.noise_sigma))
+        out = torch.empty_like(x)
+        try:
+            costs["policy update"] = each(lambda: op.update(x, x, out=out))
+        except TypeError:  # an engine from before update(out=)
+            costs["policy update"] = each(lambda: op.update(x, x))
+        chunk = [torch.randn(m, c, h, w) for _ in range(2)]
+        per_state = 1.0 / (len(chunk) * m)
+        stacked = torch.stack(chunk, dim=1).reshape(-1, c, h, w)
+        costs["F0: torch.stack of a chunk"] = per_state * each(lambda: torch.stack(chunk, dim=1), 10)
+        costs["F0: step_features"] = per_state * each(lambda: step_features(stacked), 10)
+        state = np.ascontiguousarray(case.initial_condition)
+        costs["digest SHA-256"] = each(lambda: hashlib.sha256(state.data), 100)
+
+        def bare_fn():
+            for _ in iterate_rollout(op, x[0], steps=steps, noise_seeds=case.noise_seeds):
+                pass
+
+        def gen_fn():
+            run_rollout(op, x[0], steps=steps, noise_seeds=case.noise_seeds)
+
+        per_step = 1e6 / (m * (steps - 1))
+        bare = median([_cpu_timed(bare_fn) for _ in range(5)]) * per_step
+        generation = median([_cpu_timed(gen_fn) for _ in range(5)]) * per_step
+    finally:
+        torch.set_num_threads(previous)
+    return {
+        "label": case.label,
+        "architecture": case.architecture,
+        "ops_us": dict(costs),
+        "bare_us": bare,
+        "generation_us": generation,
+    }
+
+
 def breakdown(case: Case, steps: int, repeats: int = 5) -> dict:
     """Time split of one generation rollout by operation, from torch.profiler over all threads.
 
@@ -219,14 +326,29 @@ def breakdown(case: Case, steps: int, repeats: int = 5) -> dict:
             return real_features(states)
 
     rollout_module.step_features, rollout_module.hashlib = features, _HashlibShim(real_hashlib)
+    operator_class = type(case.operator)
+    real_convolve = getattr(operator_class, "convolve", None)
+    if real_convolve is not None:  # the engine's convs include products and adds: label them as a whole
+
+        def convolve(self, layer, padded):
+            with torch.profiler.record_function("bench::conv"):
+                return real_convolve(self, layer, padded)
+
+        operator_class.convolve = convolve
     try:
-        config = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)  # the engine's worker threads too
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], experimental_config=config) as prof:
+        config = torch._C._profiler._ExperimentalConfig(
+            profile_all_threads=True
+        )  # the engine's worker threads too
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], experimental_config=config
+        ) as prof:
             start_cpu = time.process_time()
             profiled_wall = timed(run)
             profiled_cpu = time.process_time() - start_cpu
     finally:
         rollout_module.step_features, rollout_module.hashlib = real_features, real_hashlib
+        if real_convolve is not None:
+            operator_class.convolve = real_convolve
 
     by_category: dict[str, float] = defaultdict(float)
     busy_by_thread: dict[int, float] = defaultdict(float)
@@ -260,19 +382,25 @@ def _cpu_timed(fn) -> float:
 
 def run_child(args: argparse.Namespace, allocator: str, profile: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # the setting under test only
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        "--allocator",
-        allocator,
-        "--steps",
-        str(args.steps),
-        "--repeats",
-        str(args.repeats),
-        "--operators",
-        str(args.operators),
-    ] + (["--profile"] if profile else []) + (["--smallest-only"] if args.smallest_only else [])
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            "--allocator",
+            allocator,
+            "--steps",
+            str(args.steps),
+            "--repeats",
+            str(args.repeats),
+            "--operators",
+            str(args.operators),
+            "--threads",
+            str(args.threads),
+        ]
+        + (["--profile"] if profile else [])
+        + (["--smallest-only"] if args.smallest_only else [])
+    )
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
@@ -287,24 +415,37 @@ def _ms(seconds: float) -> str:
 def print_efficiency(result: dict) -> None:
     workers = result["engine_workers"]
     parallelism = " ".join(f"{x:.2f}" for x in result["available_parallelism"])
+    structure = (
+        f"{workers} worker threads, one intra-op thread each"
+        if workers
+        else f"{result['torch_threads']} intra-op threads"
+    )
     print(
-        f"torch threads {result['torch_threads']}, engine workers {workers}, T={result['steps']} steps, "
+        f"torch threads {result['torch_threads']}, engine: {structure}, T={result['steps']} steps, "
         f"allocator {result['allocator']!r}, load average at the end: {result['load_average']}\n"
-        f"available parallelism (2 threads vs 1 on matmuls, before/after each repetition): {parallelism}"
+        f"available parallelism (2 threads vs 1 on matmuls, before/after each repetition): {parallelism}\n"
+        "wall ms (medians). (c): the engine's convs alone in its thread structure; serial: the same on\n"
+        "torch's intra-op threads, one realization after another; F.conv2d: (c) with F.conv2d for\n"
+        "every layer; "
+        "batch-M: one batched conv per layer. 'cpu': ratios of process CPU time (all threads)."
     )
-    head = (
-        f"{'op':7} {'architecture':26} {'GFLOP':>6} {'(c) bound':>9} {'batch-M':>9} "
-        f"{'workers':>9} {'(a) bare':>9} {'(b) gen':>9} {'a/c':>6} {'b/a':>6} {'c GF/s':>7}"
+    print(
+        f"{'op':7} {'architecture':26} {'GFLOP':>6} {'(c) bound':>9} {'serial':>9} {'F.conv2d':>9} "
+        f"{'batch-M':>9} "
+        f"{'(a) bare':>9} {'(b) gen':>9} {'a/c':>6} {'b/a':>6} {'a/c cpu':>7} {'b/a cpu':>7} {'c GF/s':>7}"
     )
-    print("times in ms, medians")
-    print(head)
+
+    def cell(times: dict, name: str) -> str:
+        return _ms(times[name]) if name in times else f"{'-':>9}"
+
     for case in result["cases"]:
-        t = case["median_s"]
-        workers_bound = _ms(t["bound_workers"]) if "bound_workers" in t else f"{'-':>9}"
+        t, cpu = case["median_s"], case["median_cpu_s"]
         print(
             f"{case['label']:7} {case['architecture']:26} {case['gflop']:6.1f} {_ms(t['bound'])} "
-            f"{_ms(t['bound_batched'])} {workers_bound} {_ms(t['bare'])} {_ms(t['generation'])} "
-            f"{t['bare'] / t['bound']:6.2f} {t['generation'] / t['bare']:6.3f} {case['gflop'] / t['bound']:7.1f}"
+            f"{cell(t, 'bound_serial')} {cell(t, 'bound_f_conv2d')} {cell(t, 'bound_batched')} "
+            f"{_ms(t['bare'])} {_ms(t['generation'])} {t['bare'] / t['bound']:6.2f} "
+            f"{t['generation'] / t['bare']:6.3f} {cpu['bare'] / cpu['bound']:7.2f} "
+            f"{cpu['generation'] / cpu['bare']:7.3f} {case['gflop'] / t['bound']:7.1f}"
         )
     n_sample = result["n_sample"]
     for name, group, target in (
@@ -314,31 +455,49 @@ def print_efficiency(result: dict) -> None:
         if not group:
             continue
         total = {k: sum(c["median_s"].get(k, 0.0) for c in group) for k in MEASURES}
-        line = (
-            f"{name}: (a)/(c) = {total['bare'] / total['bound']:.3f} (target <= {target}), "
-            f"(b)/(a) - 1 = {100 * (total['generation'] / total['bare'] - 1):+.1f}% (target <= 2%), "
-            f"(a)/batch-M bound = {total['bare'] / total['bound_batched']:.3f}"
+        cpu = {k: sum(c["median_cpu_s"].get(k, 0.0) for c in group) for k in MEASURES}
+        print(
+            f"{name}:\n    (a)/(c) = {total['bare'] / total['bound']:.3f} (target <= {target}), "
+            f"(b)/(a) - 1 = {100 * (total['generation'] / total['bare'] - 1):+.1f}% (target <= 2%); "
+            f"on CPU time: (a)/(c) = {cpu['bare'] / cpu['bound']:.3f}, "
+            f"(b)/(a) - 1 = {100 * (cpu['generation'] / cpu['bare'] - 1):+.1f}%"
         )
-        if total["bound_workers"]:
-            line += f", (a)/workers bound = {total['bare'] / total['bound_workers']:.3f}"
-        print(line)
+        others = [
+            (label, total["bare"] / total[key])
+            for label, key in (
+                ("serial", "bound_serial"),
+                ("F.conv2d", "bound_f_conv2d"),
+                ("batch-M", "bound_batched"),
+            )
+            if total[key]
+        ]
+        print(
+            "    (a) over the other bounds: " + ", ".join(f"{label} {ratio:.3f}" for label, ratio in others)
+        )
 
 
 def print_allocator(keep: dict, default: dict) -> None:
-    def total(result, measure_name):
-        return sum(c["median_s"][measure_name] for c in result["cases"])
+    def total(result: dict, measure_name: str, key: str) -> float:
+        return sum(c[key][measure_name] for c in result["cases"])
 
     same = all(k["digests"] == d["digests"] for k, d in zip(keep["cases"], default["cases"], strict=True))
     print(f"keep_freed_memory() applied in the 'keep' process: {keep['keep_freed_memory_applied']}")
+    print("  totals over every operator above, wall and process CPU time (seconds):")
     for measure_name in ("bound", "bare", "generation"):
-        k, d = total(keep, measure_name), total(default, measure_name)
-        print(f"  {measure_name:11} default {d:8.3f} s   keep {k:8.3f} s   default/keep = {d / k:.3f}")
+        wall_k, wall_d = total(keep, measure_name, "median_s"), total(default, measure_name, "median_s")
+        cpu_k, cpu_d = total(keep, measure_name, "median_cpu_s"), total(default, measure_name, "median_cpu_s")
+        print(
+            f"  {measure_name:11} wall: default {wall_d:7.2f} keep {wall_k:7.2f} "
+            f"default/keep {wall_d / wall_k:.3f}   CPU: default {cpu_d:7.2f} keep {cpu_k:7.2f} "
+            f"default/keep {cpu_d / cpu_k:.3f}"
+        )
     print(f"  digests identical with and without: {same}")
 
 
 def print_breakdown(b: dict) -> None:
     print(
-        f"{b['label']} ({b['architecture']}), T={b.get('steps', '?')}: unprofiled wall {b['wall_s'] * 1e3:.1f} ms, "
+        f"{b['label']} ({b['architecture']}), T={b.get('steps', '?')}: "
+        f"unprofiled wall {b['wall_s'] * 1e3:.1f} ms, "
         f"CPU {b['cpu_s'] * 1e3:.1f} ms; profiled wall {b['profiled_wall_s'] * 1e3:.1f} ms, "
         f"CPU {b['profiled_cpu_s'] * 1e3:.1f} ms; torch ops on {len(b['busy_by_thread_s'])} thread(s), busy "
         + ", ".join(f"{s * 1e3:.1f}" for s in b["busy_by_thread_s"])
@@ -355,6 +514,27 @@ def print_breakdown(b: dict) -> None:
         print(f"  {name:44} {seconds * 1e3:8.1f} ms  {100 * seconds / total:5.1f}%")
 
 
+def print_op_costs(costs: dict) -> None:
+    ops = costs["ops_us"]
+    step_ops = {k: v for k, v in ops.items() if not k.startswith(("F0", "digest"))}
+    inline_ops = {k: v for k, v in ops.items() if k.startswith(("F0", "digest"))}
+    rest = costs["bare_us"] - sum(step_ops.values())
+    print(
+        f"{costs['label']} ({costs['architecture']}), one intra-op thread, CPU us per realization-step: "
+        f"engine bare {costs['bare_us']:.0f}, generation {costs['generation_us']:.0f}"
+    )
+    rows = list(step_ops.items()) + [("Python, scheduling (bare - ops above)", rest)]
+    for name, us in rows:
+        print(f"  {name:44} {us:8.1f} us  {100 * us / costs['bare_us']:5.1f}% of bare")
+    extra = costs["generation_us"] - costs["bare_us"]
+    print(
+        f"  {'inline work (generation - bare)':44} {extra:8.1f} us  "
+        f"{100 * extra / costs['bare_us']:5.1f}% of bare, of which:"
+    )
+    for name, us in inline_ops.items():
+        print(f"    {name:42} {us:8.1f} us  {100 * us / costs['bare_us']:5.1f}% of bare")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 operators, 16 steps, 3 repeats")
@@ -363,6 +543,9 @@ def main() -> None:
     parser.add_argument("--operators", type=int, default=16, help="sampled operators (>= 16 for the report)")
     parser.add_argument("--no-allocator", action="store_true", help="skip the run without keep_freed_memory")
     parser.add_argument("--smallest-only", action="store_true", help="time only the smallest architectures")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads in the children (0: default)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--allocator", choices=("keep", "default"), default="keep", help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
@@ -375,7 +558,10 @@ def main() -> None:
 
     print(f"load average at start: {load_average()}")
     keep = run_child(args, "keep", profile=True)
-    print(f"\n== 1. Rollout efficiency vs the conv-only lower bound ({GRID}x{GRID}, C={CHANNELS}, M={REALIZATIONS})")
+    print(
+        f"\n== 1. Rollout efficiency vs the conv-only lower bound "
+        f"({GRID}x{GRID}, C={CHANNELS}, M={REALIZATIONS})"
+    )
     print_efficiency(keep)
     if not args.no_allocator:
         default = run_child(args, "default", profile=False)
@@ -385,7 +571,9 @@ def main() -> None:
         print_efficiency(default)
     if "invariance" in keep:
         print(f"\nbits at 64x64 (smallest operators): {keep['invariance']}")
-    print("\n== 3. Breakdown of the smallest operator's generation rollout (torch.profiler, all threads)")
+    print("\n== 3. Breakdown of the smallest operator's step: each op timed alone (thread CPU time)")
+    print_op_costs(keep["op_costs"])
+    print("\n   ... and its generation rollout as the engine runs it (torch.profiler, all threads)")
     print_breakdown(keep["breakdown"])
     print(f"\nload average at the end: {load_average()}")
 

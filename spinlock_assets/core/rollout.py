@@ -10,9 +10,10 @@ How realizations are computed (and why the bits cannot depend on M, the thread c
 
 - Realization m is stepped on its own (batch of one) with its own noise generator, seeded from
   ``noise_seeds[m]``; a step reads only realization m's previous state and writes the new one
-  straight into the step's ``[M, C, H, W]`` tensor (no ``torch.cat``). Batching realizations would be faster for small operators, but PyTorch picks the convolution
-  backend by batch size (a 3->16 channel 3x3 conv at 64x64 runs im2col+GEMM at batch 1 and oneDNN at
-  batch 5, with other bits), so realization m would depend on M.
+  straight into the step's ``[M, C, H, W]`` tensor (no ``torch.cat``). Batching realizations would be
+  faster for small operators, but PyTorch picks the convolution backend by batch size (a 3->16 channel
+  3x3 conv at 64x64 runs im2col+GEMM at batch 1 and oneDNN at batch 5, with other bits), so
+  realization m would depend on M.
 - On the CPU every step runs on a worker thread that uses one intra-op thread, so each realization's
   arithmetic is the same single-threaded sequence whatever ``torch.get_num_threads()`` is. The
   parallelism is across realizations instead: ``min(M, torch.get_num_threads())`` workers step
@@ -23,16 +24,19 @@ How realizations are computed (and why the bits cannot depend on M, the thread c
 - ``run_rollout`` hashes realization m's state on m's own lane right after computing it (so in step
   order), and computes F0 rows on the same workers in chunks; F0 rows are batch-invariant, so the
   chunking does not change them.
-- Other devices (CUDA) step the realizations one after another on the calling thread.
+- Other devices (CUDA), and the CPU when torch is set to one thread, step the realizations one after
+  another on the calling thread.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,36 +67,94 @@ StateHook = Callable[[int, torch.Tensor], None]
 
 
 def rollout_workers(n_realizations: int, device: str | torch.device = "cpu") -> int:
-    """Worker threads a rollout of ``n_realizations`` steps on: ``min(M, torch.get_num_threads())`` on the
-    CPU, 0 elsewhere (steps run on the calling thread)."""
-    if torch.device(device).type != "cpu":
+    """How many worker threads a rollout of ``n_realizations`` runs its steps on: ``min(M,
+    torch.get_num_threads())`` on the CPU; 0 (steps run on the calling thread) on other devices, and on the
+    CPU when torch runs one thread, since the calling thread then computes exactly as a worker would."""
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or threads == 1:
         return 0
-    return max(1, min(n_realizations, torch.get_num_threads()))
+    return min(n_realizations, threads)
 
 
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+class _WorkerPool:
+    """Daemon threads that run submitted callables in FIFO order, their torch ops on one intra-op thread.
+
+    Deliberately minimal (a ``SimpleQueue`` of callables, no futures): a small operator's step takes well
+    under a millisecond, and ``ThreadPoolExecutor``'s per-task bookkeeping cost a measurable share of it.
+    Callables must not raise (the lane scheduler and :func:`_submit_for_result` catch everything).
+
+    Daemon threads idle in ``get()`` do not hold up interpreter exit. But a worker must not be freeing
+    tensors when the interpreter finalizes (a thread that re-takes the GIL then is unwound through C++
+    and the process aborts), so an ``atexit`` hook waits until every submitted task has finished and
+    been dropped.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.unfinished = 0  # submitted tasks not yet finished and dropped
+        self.finished = threading.Condition()
+        intra_op_threads = torch.get_num_threads()
+        started = threading.Barrier(workers + 1)
+        for i in range(workers):
+            name = f"rollout-worker-{i}"
+            threading.Thread(target=self._work, args=(started,), name=name, daemon=True).start()
+        started.wait()
+        # torch.set_num_threads (called by each worker for itself) also sets the default that threads
+        # started later inherit; put that default back (this thread's own count is unchanged).
+        torch.set_num_threads(intra_op_threads)
+        atexit.register(self.wait_until_idle)
+
+    def _work(self, started: threading.Barrier) -> None:
+        # OpenMP thread counts are per calling thread. torch initialises a thread's count lazily, from the
+        # process-wide default, on its first parallel op; get_num_threads() runs that initialisation
+        # now, so it cannot later override the 1 set here.
+        torch.get_num_threads()
+        torch.set_num_threads(1)
+        started.wait()
+        while True:
+            task = self.tasks.get()
+            task()
+            del task  # drop what the task holds before it counts as finished
+            with self.finished:
+                self.unfinished -= 1
+                self.finished.notify_all()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        with self.finished:
+            self.unfinished += 1
+        self.tasks.put(task)
+
+    def wait_until_idle(self) -> None:
+        with self.finished:
+            self.finished.wait_for(lambda: self.unfinished == 0)
+
+
+_pools: dict[tuple[int, int], _WorkerPool] = {}
 _pools_lock = threading.Lock()
 
 
-def _worker_pool(workers: int) -> ThreadPoolExecutor:
-    """This process's pool of ``workers`` threads whose torch ops use one intra-op thread each.
-
-    Pools live for the process and are shared by every rollout (creating threads per rollout would cost
-    more than small rollouts). Keyed by pid too: a forked child inherits the dict but not the threads.
-    """
+def _worker_pool(workers: int) -> _WorkerPool:
+    """This process's pool of ``workers`` threads (idle threads block on their queue; pools live for the
+    process, since starting threads per rollout would cost more than a small rollout). Keyed by pid too:
+    a forked child inherits the dict but not the threads."""
     key = (os.getpid(), workers)
     with _pools_lock:
         if key not in _pools:
-            intra_op_threads = torch.get_num_threads()
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="rollout", initializer=torch.set_num_threads, initargs=(1,))
-            # Start every worker now (the executor would start them lazily): each task blocks until all are up.
-            started = threading.Barrier(workers)
-            wait([pool.submit(started.wait) for _ in range(workers)])
-            # torch.set_num_threads sets the calling thread's OpenMP count and also the default of threads
-            # started later; put that default back (this thread's own count is unchanged).
-            torch.set_num_threads(intra_op_threads)
-            _pools[key] = pool
+            _pools[key] = _WorkerPool(workers)
         return _pools[key]
+
+
+def _submit_for_result(pool: _WorkerPool, fn: Callable[[], object]) -> Future:
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as error:  # re-raised by future.result() in the caller
+            future.set_exception(error)
+
+    pool.submit(run)
+    return future
 
 
 class _Lane:
@@ -115,71 +177,89 @@ class _Lane:
 class _LaneScheduler:
     """Runs the lanes' steps on a worker pool and hands out each completed step ``[M, C, H, W]`` in order.
 
-    A lane is submitted for one step at a time; when the step is done it resubmits itself if the next
-    step is within the limit, else it waits until the consumer raises the limit. So each realization's
-    steps run in order, one at a time, on whichever worker is free.
+    A lane is queued for one step at a time; when the step is done it queues itself again if the next
+    step is within the limit, else it parks until the consumer raises the limit. So each realization's
+    steps run in order, one at a time, on whichever worker is free, and its generator and hash are only
+    ever used by one thread at a time.
     """
 
     def __init__(
-        self, pool: Executor, lanes: list[_Lane], first: torch.Tensor, steps: int, on_state: StateHook | None
+        self,
+        pool: _WorkerPool,
+        lanes: list[_Lane],
+        first: torch.Tensor,
+        steps: int,
+        on_state: StateHook | None,
     ) -> None:
         self.pool, self.lanes, self.steps, self.on_state = pool, lanes, steps, on_state
         self.first = first
         self.states: dict[int, torch.Tensor] = {0: first}  # step -> [M, C, H, W], allocated up to the limit
-        self.done: dict[int, list[Future]] = {}  # step -> one future per realization
-        self.lock = threading.Lock()  # guards limit, waiting, closed, in_flight and the dicts' growth
+        self.changed = threading.Condition()  # guards everything below
+        self.completed: dict[int, int] = {}  # step -> realizations done with it
         self.limit = 0
-        self.waiting = list(range(len(lanes)))  # lanes whose next step is beyond the limit
-        self.in_flight: list[Future | None] = [None] * len(lanes)
+        self.parked = list(range(len(lanes)))  # lanes whose next step is beyond the limit
+        self.queued = 0  # lanes queued or running
         self.closed = False
+        self.error: BaseException | None = None
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        n = len(self.lanes)
         try:
             self._raise_limit(LOOKAHEAD_STEPS)
             for t in range(1, self.steps):
-                for done in self.done[t]:
-                    done.result()  # re-raises a lane's exception
-                with self.lock:  # every lane is past step t: nobody reads these any more
-                    del self.done[t], self.states[t - 1]
+                with self.changed:
+                    self.changed.wait_for(lambda t=t: self.completed[t] == n or self.error is not None)
+                    if self.error is not None:
+                        raise self.error
+                    # every lane is past step t, so nobody reads step t-1 any more
+                    del self.completed[t], self.states[t - 1]
                 self._raise_limit(t + LOOKAHEAD_STEPS)
                 yield self.states[t]
         finally:
-            with self.lock:
+            with self.changed:  # return only when no worker touches our tensors any more
                 self.closed = True
-            wait([f for f in self.in_flight if f is not None])  # no worker touches our tensors after return
+                self.changed.wait_for(lambda: self.queued == 0)
 
     def _raise_limit(self, limit: int) -> None:
-        with self.lock:
+        with self.changed:
             limit = min(limit, self.steps - 1)
             for t in range(self.limit + 1, limit + 1):
                 self.states[t] = torch.empty_like(self.first)
-                self.done[t] = [Future() for _ in self.lanes]
+                self.completed[t] = 0
             self.limit = limit
-            waiting, self.waiting = self.waiting, []
-            for m in waiting:
-                self._submit(m)
+            for m in self.parked:
+                self._queue(m)
+            self.parked = []
 
-    def _submit(self, m: int) -> None:  # lock held
-        self.in_flight[m] = self.pool.submit(self._advance, m)
+    def _queue(self, m: int) -> None:  # lock held
+        self.queued += 1
+        self.pool.submit(lambda: self._advance(m))
 
     def _advance(self, m: int) -> None:  # on a worker
         lane = self.lanes[m]
-        done = self.done[lane.next_step][m]
+        error = None
         try:
             state = lane.step(self.states, m)
             if self.on_state is not None:
                 self.on_state(m, state)
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            done.set_exception(error)
-            return
-        with self.lock:
+        except BaseException as caught:  # handed to the consumer, which re-raises it
+            error = caught
+        with self.changed:
+            self.queued -= 1
+            if error is not None:
+                self.error = error
+                self.changed.notify_all()
+                return
+            self.completed[lane.next_step] += 1
+            if self.completed[lane.next_step] == len(self.lanes) or self.closed:
+                self.changed.notify_all()  # wake the consumer only when what it waits for may be true
             lane.next_step += 1
-            if not self.closed and lane.next_step < self.steps:
-                if lane.next_step <= self.limit:
-                    self._submit(m)
-                else:
-                    self.waiting.append(m)
-        done.set_result(None)
+            if self.closed or lane.next_step >= self.steps:
+                pass
+            elif lane.next_step <= self.limit:
+                self._queue(m)
+            else:
+                self.parked.append(m)
 
 
 def _stream(
@@ -192,7 +272,8 @@ def _stream(
     if initial_condition.ndim != 3:
         raise ValueError(f"initial_condition must be [C, H, W]; got shape {tuple(initial_condition.shape)}")
     n = len(noise_seeds)
-    first = initial_condition.to(operator.device, torch.float32).unsqueeze(0).expand(n, -1, -1, -1).contiguous()
+    first = initial_condition.to(operator.device, torch.float32).unsqueeze(0).expand(n, -1, -1, -1)
+    first = first.contiguous()
     if on_state is not None:
         for m in range(n):
             on_state(m, first[m])
@@ -248,11 +329,11 @@ class RolloutRecord:
 
 class _BaseSeriesAccumulator:
     """Collects states until a chunk holds FEATURE_CHUNK_ELEMENTS pixels, then computes its F0 rows in
-    one batch, on ``executor`` when given (results are collected by :meth:`finish`)."""
+    one batch, on ``pool`` when given (results are collected by :meth:`finish`)."""
 
-    def __init__(self, n_realizations: int, steps: int, channels: int, executor: Executor | None) -> None:
+    def __init__(self, n_realizations: int, steps: int, channels: int, pool: _WorkerPool | None) -> None:
         self.series = np.empty((n_realizations, steps, channels, 10), dtype=np.float32)
-        self.executor = executor
+        self.pool = pool
         self.pending: list[torch.Tensor] = []
         self.next_step = 0
         self.chunks: list[tuple[int, Future]] = []
@@ -266,7 +347,10 @@ class _BaseSeriesAccumulator:
         if not self.pending:
             return
         chunk, self.pending = self.pending, []
-        future = self.executor.submit(self._rows, chunk) if self.executor else _completed(self._rows(chunk))
+        if self.pool is not None:
+            future = _submit_for_result(self.pool, lambda: self._rows(chunk))
+        else:
+            future = _completed(self._rows(chunk))
         self.chunks.append((self.next_step, future))
         self.next_step += len(chunk)
 
@@ -274,7 +358,8 @@ class _BaseSeriesAccumulator:
     def _rows(states: list[torch.Tensor]) -> np.ndarray:
         chunk = torch.stack(states, dim=1)  # [M, k, C, H, W]
         m, k = chunk.shape[:2]
-        return step_features(chunk.reshape(m * k, *chunk.shape[2:])).reshape(m, k, chunk.shape[2], 10).cpu().numpy()
+        rows = step_features(chunk.reshape(m * k, *chunk.shape[2:]))
+        return rows.reshape(m, k, chunk.shape[2], 10).cpu().numpy()
 
     def finish(self) -> np.ndarray:
         self.flush()
@@ -307,9 +392,12 @@ def run_rollout(
         hashes[m].update(np.ascontiguousarray(state.cpu().numpy(), dtype="<f4").data)
 
     workers = rollout_workers(n_realizations, operator.device)
-    features = _BaseSeriesAccumulator(n_realizations, steps, channels, _worker_pool(workers) if workers else None)
+    pool = _worker_pool(workers) if workers else None
+    features = _BaseSeriesAccumulator(n_realizations, steps, channels, pool)
     trajectories = (
-        np.empty((n_realizations, steps, *initial_condition.shape), dtype=np.float32) if keep_trajectories else None
+        np.empty((n_realizations, steps, *initial_condition.shape), dtype=np.float32)
+        if keep_trajectories
+        else None
     )
     for t, state in enumerate(_stream(operator, initial_condition, steps, noise_seeds, on_state=hash_state)):
         features.update(state)
