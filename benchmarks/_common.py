@@ -92,7 +92,13 @@ def smallest_cases(*, channels: int, grid: int, realizations: int) -> list[Case]
 
 
 def conv_bound(
-    case: Case, steps: int, *, batched: bool = False, workers: int = 1, engine_convs: bool = True
+    case: Case,
+    steps: int,
+    *,
+    batched: bool = False,
+    workers: int = 1,
+    engine_convs: bool = True,
+    device: str = "cpu",
 ) -> Callable[[], None]:
     """A callable running only the operator's convolutions for ``steps - 1`` steps: the same layer shapes,
     inputs pre-padded (so no pad, norm, noise or update), nothing else.
@@ -103,7 +109,7 @@ def conv_bound(
     with one intra-op thread each (the engine's own structure when it parallelises realizations).
     ``engine_convs``: the convolutions as the engine computes them (``StochasticCNN.convolve``, which runs
     narrow layers as a matrix product and shifted adds); False, or an engine without ``convolve``:
-    ``F.conv2d`` for every layer.
+    ``F.conv2d`` for every layer. ``device``: where the inputs live (the operator must live there too).
     """
     c, h, w = case.initial_condition.shape
     m = len(case.noise_seeds)
@@ -114,7 +120,8 @@ def conv_bound(
     generator = torch.Generator().manual_seed(0)
     batch = m if batched else 1
     inputs = [
-        torch.randn(batch, wt.shape[1], h + 2 * pad, w + 2 * pad, generator=generator) for wt in weights
+        torch.randn(batch, wt.shape[1], h + 2 * pad, w + 2 * pad, generator=generator).to(device)
+        for wt in weights
     ]
     if engine_convs and hasattr(operator, "convolve"):
         layers = [functools.partial(operator.convolve, layer, x) for layer, x in enumerate(inputs)]
