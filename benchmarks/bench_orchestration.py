@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -30,6 +31,9 @@ import dagster as dg
 from spinlock_assets.constants import DEFAULT_SPEC_PATH
 from spinlock_assets.core.spec import DatasetSpec, ParameterSpace, load_spec
 from spinlock_assets.demo import QUIET
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)  # Output(data_version=...), once per shard
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,6 +25,7 @@ from .jobs import build_jobs
 from .partitions import shard_partitions
 from .resources import DatasetResource, RolloutResource
 from .verification import build_checks, build_verification_schedule
+from .verification.checks import integrity_check_key
 from .verification.schedules import build_verification_job
 
 __all__ = ["build_definitions", "defs"]
@@ -46,13 +47,14 @@ def build_definitions(
     features = build_feature_assets(partitions, families)
     dataset_asset = build_dataset_asset([*generation, *features], families)
     shard_assets = [key.path[-1] for assets_def in (*generation, *features) for key in assets_def.keys]
-    verification_job = build_verification_job()
+    generation_assets = [key.path[-1] for assets_def in generation for key in assets_def.keys]
+    verification_job = build_verification_job(generation_assets)
     dataset = DatasetResource(spec_json=spec.to_json(), data_root=str(Path(data_root).absolute()))
     return dg.Definitions(
         assets=[*generation, *features, dataset_asset],
         asset_checks=build_checks(partitions, shard_assets),
-        jobs=[*build_jobs(), verification_job],
-        schedules=[build_verification_schedule(verification_job, partitions)],
+        jobs=[*build_jobs([integrity_check_key(a) for a in generation_assets]), verification_job],
+        schedules=[build_verification_schedule(verification_job, partitions, generation_assets)],
         # One process per run: a step process would re-import torch (seconds) for a few seconds of work.
         # Shards are the unit of parallelism: backfills run one run per shard, concurrently.
         executor=dg.in_process_executor,

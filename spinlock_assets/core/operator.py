@@ -150,7 +150,11 @@ class StochasticCNN:
 
 
 def build_operator(
-    hyperparameters: OperatorHyperparameters, *, channels: int, weight_seed: int, device: str | torch.device = "cpu"
+    hyperparameters: OperatorHyperparameters,
+    *,
+    channels: int,
+    weight_seed: int,
+    device: str | torch.device = "cpu",
 ) -> StochasticCNN:
     """Build the operator's weights from ``weight_seed`` (see the module docstring for the draw order)."""
     generator = torch.Generator(device="cpu").manual_seed(weight_seed)
@@ -165,7 +169,9 @@ def build_operator(
         shape = (out_channels, fan_in_channels, hp.kernel_size, hp.kernel_size)
         weights.append(torch.randn(shape, generator=generator, dtype=torch.float32).mul_(scale))
     fan_in = hp.width * hp.kernel_size**2
-    bias = torch.rand(channels, generator=generator, dtype=torch.float32).mul_(2).sub_(1).div_(math.sqrt(fan_in))
+    bias = (
+        torch.rand(channels, generator=generator, dtype=torch.float32).mul_(2).sub_(1).div_(math.sqrt(fan_in))
+    )
     return StochasticCNN(hp, [w.to(device) for w in weights], bias.to(device))
 
 

@@ -7,9 +7,22 @@ import dagster as dg
 
 from ..resources import DatasetResource, RolloutResource
 
-__all__ = ["REPLAY_CHECK", "ReplaySample", "build_checks"]
+__all__ = [
+    "INTEGRITY_CHECK",
+    "NONFINITE_CHECK",
+    "REPLAY_CHECK",
+    "ReplaySample",
+    "build_checks",
+    "integrity_check_key",
+]
 
 REPLAY_CHECK = "replay_matches_stored_digests"
+NONFINITE_CHECK = "nonfinite_only_where_flagged"
+INTEGRITY_CHECK = "shard_file_intact"
+
+
+def integrity_check_key(asset: str) -> dg.AssetCheckKey:
+    return dg.AssetCheckKey(dg.AssetKey(asset), INTEGRITY_CHECK)
 
 
 class ReplaySample(dg.Config):
@@ -73,7 +86,7 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
             },
         )
 
-    @dg.asset_check(asset="base_features", partitions_def=partitions, blocking=True)
+    @dg.asset_check(asset="base_features", name=NONFINITE_CHECK, partitions_def=partitions, blocking=True)
     def nonfinite_only_where_flagged(
         context: dg.AssetCheckExecutionContext, dataset: DatasetResource
     ) -> dg.AssetCheckResult:
@@ -106,7 +119,7 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
 
 
 def _integrity_check(partitions: dg.PartitionsDefinition, asset: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=asset, name="shard_file_intact", partitions_def=partitions, blocking=True)
+    @dg.asset_check(asset=asset, name=INTEGRITY_CHECK, partitions_def=partitions, blocking=True)
     def shard_file_intact(
         context: dg.AssetCheckExecutionContext, dataset: DatasetResource
     ) -> dg.AssetCheckResult:

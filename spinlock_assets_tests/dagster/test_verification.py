@@ -9,7 +9,7 @@ import h5py
 import pytest
 
 from spinlock_assets.core.verification import rotating_sample
-from spinlock_assets.verification.checks import REPLAY_CHECK
+from spinlock_assets.verification.checks import NONFINITE_CHECK, REPLAY_CHECK, integrity_check_key
 from spinlock_assets_tests.conftest import tiny_spec
 from spinlock_assets_tests.dagster.helpers import SHARDS, generate, tiny_definitions
 
@@ -34,7 +34,7 @@ def generated(tmp_path):
         yield defs, instance, tmp_path
 
 
-def test_generation_runs_every_check_per_partition_and_they_pass(tmp_path):
+def test_generation_runs_the_replay_and_finite_checks_per_partition_and_they_pass(tmp_path):
     with dg.instance_for_test() as instance:
         defs = tiny_definitions(tiny_spec(), tmp_path)
         result = defs.resolve_job_def("generate_shards").execute_in_process(
@@ -42,12 +42,28 @@ def test_generation_runs_every_check_per_partition_and_they_pass(tmp_path):
         )
     evaluations = result.get_asset_check_evaluations()
     names = sorted((e.asset_key.path[-1], e.asset_check_key.name) for e in evaluations)
-    assert ("base_features", REPLAY_CHECK) in names and (
-        "base_features",
-        "nonfinite_only_where_flagged",
-    ) in names
-    assert ("initial_conditions", "shard_file_intact") in names
+    # integrity of the files just written is left to the verification schedule (jobs.build_jobs)
+    assert names == [("base_features", NONFINITE_CHECK), ("base_features", REPLAY_CHECK)]
     assert all(e.passed and e.partition == SHARDS[1] for e in evaluations)
+
+
+def test_a_scheduled_verification_run_checks_every_shard_file_and_passes(generated):
+    defs, instance, _ = generated
+    context = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=datetime.datetime(2026, 11, 26, 3, tzinfo=datetime.timezone.utc),
+        repository_def=defs.get_repository_def(),
+    )
+    request = defs.resolve_schedule_def("verify_replay_sample").evaluate_tick(context).run_requests[1]
+    job = defs.resolve_job_def("verify_shards").get_subset(
+        asset_selection=set(), asset_check_selection=set(request.asset_check_keys)
+    )
+    result = job.execute_in_process(
+        partition_key=request.partition_key, instance=instance, run_config=request.run_config
+    )
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.asset_check_key for e in evaluations} == set(request.asset_check_keys)
+    assert all(e.passed for e in evaluations)
 
 
 def test_replay_check_verifies_the_configured_window(generated):
@@ -98,7 +114,12 @@ def test_schedule_requests_one_check_only_run_per_materialized_shard(generated):
     assert [r.partition_key for r in requests] == SHARDS
     rotation = int(tick.timestamp() // 86_400)
     for request in requests:
-        assert request.asset_selection == [] and list(request.asset_check_keys) == [REPLAY_KEY]
+        assert request.asset_selection == []
+        assert set(request.asset_check_keys) == {
+            REPLAY_KEY,
+            dg.AssetCheckKey(dg.AssetKey("base_features"), NONFINITE_CHECK),
+            *(integrity_check_key(a) for a in ("operator_parameters", "initial_conditions", "base_features")),
+        }
         assert request.run_config["ops"][f"base_features_{REPLAY_CHECK}"]["config"]["rotation"] == rotation
 
 
