@@ -144,6 +144,7 @@ def _describe(reader: DatasetReader) -> dict[str, Any]:
         "steps": spec.steps,
         "realizations": spec.realizations,
         "store_trajectories": spec.store_trajectories,
+        "store_initial_conditions": spec.store_initial_conditions,
         "families": {name: versions.get(name) for name in reader.families},
         "present": dict(sorted(present.items())),
         "fingerprints": [{"id": fingerprint_id(fp), **fp} for fp in fingerprints],
@@ -158,7 +159,8 @@ def _print_info(s: dict[str, Any]) -> None:
     print(f"operators     {n} in {s['n_shards']} shards of {s['shard_size']}")
     print(
         f"shape         grid {s['grid'][0]}x{s['grid'][1]}, C={s['channels']}, T={s['steps']}, "
-        f"M={s['realizations']}; trajectories {'stored' if s['store_trajectories'] else 'not stored'}"
+        f"M={s['realizations']}; trajectories {'stored' if s['store_trajectories'] else 'not stored'}, "
+        f"initial conditions {'stored' if s['store_initial_conditions'] else 'regenerated from ic_seed'}"
     )
     print(f"families      {len(s['families'])}; operators present per group, and family versions:")
     versions = {f"/features/{family}": version for family, version in s["families"].items()}

@@ -7,6 +7,12 @@ field, the allowed values and the actual value before any work starts.
 ``n_operators`` and ``shard_size``: operator i's parameters, initial condition and rollout do not
 depend on how many operators exist or how they are sharded (tests prove it), so growing a dataset or
 re-sharding it keeps every stored shard valid.
+
+The two storage flags are part of the hash, because they change what the shard files hold:
+``store_trajectories`` adds a ``trajectories`` array, ``store_initial_conditions=False`` (the compact
+mode) leaves out the IC ``fields``. Shards of the two forms are never mixed in one data root. The IC
+flag entered the hash when it was introduced; it is hashed only when it is ``False`` so that every spec
+written before then (which stored its ICs) keeps its hash and its data root.
 """
 
 from __future__ import annotations
@@ -129,6 +135,9 @@ class DatasetSpec:
     realizations: int = 5
     parameter_space: ParameterSpace = field(default_factory=ParameterSpace)
     store_trajectories: bool = False
+    # False is the compact mode: initial_conditions shards keep ic_digest only and readers regenerate each
+    # IC from its ic_seed, checked against that digest (docs/hdf5-layout.md, docs/design-decisions.md).
+    store_initial_conditions: bool = True
     name: str = "dataset"
 
     def __post_init__(self) -> None:
@@ -144,6 +153,10 @@ class DatasetSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise SpecError(name, f"an integer >= {minimum}", value)
+        for name in ("store_trajectories", "store_initial_conditions"):
+            # A JSON string such as "false" would otherwise be truthy.
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(name, "true or false", getattr(self, name))
         if self.n_operators % self.shard_size:
             raise SpecError(
                 "n_operators",
@@ -196,6 +209,8 @@ class DatasetSpec:
         content = self.to_dict()
         for excluded in ("n_operators", "shard_size", "name"):
             content.pop(excluded)
+        if self.store_initial_conditions:  # the default: keeps the hash specs had before the flag existed
+            content.pop("store_initial_conditions")
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_operators(self, n_operators: int) -> DatasetSpec:

@@ -8,6 +8,7 @@ from spinlock_assets.storage.arrays import ArrayInfo, StoredArray
 from spinlock_assets.storage.consolidated import build_consolidated_dataset
 from spinlock_assets.storage.errors import (
     InconsistentShardsError,
+    InitialConditionMismatchError,
     OutputExistsError,
     ShardArrayMissingError,
     ShardCorruptError,
@@ -44,6 +45,7 @@ __all__ = [
     "StoredArray",
     "build_consolidated_dataset",
     "InconsistentShardsError",
+    "InitialConditionMismatchError",
     "OutputExistsError",
     "ShardArrayMissingError",
     "ShardCorruptError",

@@ -6,6 +6,10 @@ dataset.h5: the data folder can be moved or copied as a whole. Rows of missing s
 fill value (NaN for floats, 0 for integers, b"" for bytes), and each group's ``present`` mask says
 which rows are real. Building reads shard files only (never opens them for writing), and publishes
 dataset.h5 atomically, so readers that hold the old file open are not disturbed.
+
+A compact dataset (spec ``store_initial_conditions=False``) has initial_conditions shards without
+``fields``, so dataset.h5 has no ``/inputs/fields``; ``/inputs`` holds ``ic_digest`` and its ``present``
+mask still marks the rows whose initial_conditions shard exists (their ICs can be regenerated and checked).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from spinlock_assets.storage.arrays import ArrayInfo
 from spinlock_assets.storage.atomic import atomic_output
-from spinlock_assets.storage.errors import InconsistentShardsError, ShardArrayMissingError
+from spinlock_assets.storage.errors import InconsistentShardsError, ShardArrayMissingError, ShardCorruptError
 from spinlock_assets.storage.layout import (
     ARRAY_ATTRS,
     METADATA_GROUP,
@@ -31,6 +35,7 @@ from spinlock_assets.storage.layout import (
     SCHEMA_VERSION,
     SHARDS_TABLE,
     ConsolidatedSource,
+    check_fixed_asset_arrays,
     encode_attr,
     parse_shard_key,
 )
@@ -67,7 +72,9 @@ def build_consolidated_dataset(
     and may carry more attributes for ``/metadata``. Shards written for another spec hash raise
     ``SpecMismatchError``; shards of one asset that disagree on an array raise ``InconsistentShardsError``.
     An asset none of whose shards exists yet (a family not materialized) adds no paths; the validator
-    reports a fixed asset in that state as missing required datasets.
+    reports a fixed asset in that state as missing required datasets. A shard of a fixed asset that
+    breaks ``layout.check_fixed_asset_arrays`` (e.g. IC fields neither stored nor marked regenerated)
+    raises ``ShardCorruptError``.
     """
     out_path = Path(out_path)
     ranges = _check_shard_keys(n_operators, shard_keys)
@@ -146,6 +153,12 @@ def _scan(
                 raise ShardArrayMissingError(
                     f"{header.path}: no array {name!r}; arrays present: {sorted(header.arrays)}"
                 )
+        arrays = {name: info.attrs for name, info in header.arrays.items()}
+        problems = check_fixed_asset_arrays(
+            source.asset, arrays, lambda name, path=header.path: f"{path}:/{name}"
+        )
+        if problems:  # e.g. an initial_conditions shard without fields that is not marked compact
+            raise ShardCorruptError("; ".join(map(str, problems)))
         present = sorted(set(source.arrays) & set(header.arrays))
         if scan.rows and present != scan.rows[0]["arrays"]:
             raise InconsistentShardsError(

@@ -15,6 +15,7 @@ __all__ = [
     "ShardArrayMissingError",
     "SpecMismatchError",
     "InconsistentShardsError",
+    "InitialConditionMismatchError",
 ]
 
 
@@ -52,3 +53,7 @@ class SpecMismatchError(StorageError, ValueError):
 
 class InconsistentShardsError(StorageError, ValueError):
     """Shards of one asset disagree on an array's shape, dtype or definition (version, feature names...)."""
+
+
+class InitialConditionMismatchError(StorageError, ValueError):
+    """An initial condition regenerated from its seed (compact storage) differs from its stored digest."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +32,14 @@ __all__ = [
     "FIXED_ARRAYS",
     "ConsolidatedSource",
     "FIXED_SOURCES",
+    "IC_FIELDS_REGENERATED",
     "family_source",
     "format_shard_key",
     "parse_shard_key",
     "encode_attr",
     "decode_attr",
     "check_array_attrs",
+    "check_fixed_asset_arrays",
 ]
 
 SCHEMA_VERSION = "1.0"
@@ -118,7 +120,8 @@ FIXED_ARRAYS: tuple[FixedArray, ...] = (
     FixedArray(_PARAMS, "ic_seed", "/parameters/seeds/ic_seed", "<i8", _OP),
     FixedArray(_PARAMS, "probe_seed", "/parameters/seeds/probe_seed", "<i8", _OP),
     FixedArray(_PARAMS, "noise_seeds", "/parameters/seeds/noise_seeds", "<i8", _OP_M),
-    FixedArray(_ICS, "fields", "/inputs/fields", "<f4", ("operator", "channel", "y", "x")),
+    # Optional only in the compact form, which ic_digest@config marks (check_fixed_asset_arrays).
+    FixedArray(_ICS, "fields", "/inputs/fields", "<f4", ("operator", "channel", "y", "x"), optional=True),
     FixedArray(_ICS, "ic_digest", "/inputs/ic_digest", "|S64", _OP),
     FixedArray(_BASE, "series", "/features/base/series", "<f4", (*_OP_M, "time", "channel", "feature")),
     FixedArray(
@@ -135,6 +138,12 @@ FIXED_ARRAYS: tuple[FixedArray, ...] = (
         optional=True,
     ),
 )
+
+
+# The compact form of initial_conditions (spec store_initial_conditions=False) stores no ``fields``;
+# ``ic_digest@config["fields"]`` then has this value, and readers regenerate each IC from its ic_seed and
+# check it against its digest (``storage.operator_arrays.initial_condition_fields``).
+IC_FIELDS_REGENERATED = "regenerated"
 
 
 @dataclass(frozen=True)
@@ -275,4 +284,47 @@ def check_array_attrs(where: str, attrs: Mapping[str, Any], shape: tuple[int, ..
                     where, f"@axis_labels[{axis!r}] must have {sizes[axis]} entries, got {len(axis_labels)}"
                 )
             )
+    return problems
+
+
+def _fields_regenerated(digest_attrs: Mapping[str, Any]) -> bool:
+    """Whether raw ``ic_digest`` attributes mark the compact form (``@config["fields"] == "regenerated"``)."""
+    try:
+        config = json.loads(decode_attr(digest_attrs.get("config", "{}")))
+    except (TypeError, ValueError):
+        return False  # an unreadable @config is reported by check_array_attrs
+    return isinstance(config, dict) and config.get("fields") == IC_FIELDS_REGENERATED
+
+
+def check_fixed_asset_arrays(
+    asset: str, arrays: Mapping[str, Mapping[str, Any]], location: Callable[[str], str]
+) -> list[Problem]:
+    """Problems of the arrays (name -> raw attributes) one fixed asset holds, in a shard file or dataset.h5:
+    every required array is there, and ``initial_conditions`` is in one of its two forms, ``fields``
+    stored or marked regenerated, never both and never neither. ``location(name)`` names where an array
+    is. Empty for assets that are not fixed."""
+    rows = [row for row in FIXED_ARRAYS if row.asset == asset]
+    problems = [
+        Problem(location(row.name), f"required dataset (asset {asset!r}) is missing")
+        for row in rows
+        if not row.optional and row.name not in arrays
+    ]
+    if asset != _ICS or "ic_digest" not in arrays:
+        return problems
+    regenerated = _fields_regenerated(arrays["ic_digest"])
+    if regenerated and "fields" in arrays:
+        problems.append(
+            Problem(
+                location("fields"),
+                f'present, but ic_digest@config says "fields": "{IC_FIELDS_REGENERATED}" (compact storage)',
+            )
+        )
+    if not regenerated and "fields" not in arrays:
+        problems.append(
+            Problem(
+                location("fields"),
+                f"required dataset (asset {asset!r}) is missing; only the compact form, marked by "
+                f'ic_digest@config "fields": "{IC_FIELDS_REGENERATED}", leaves it out',
+            )
+        )
     return problems

@@ -2,7 +2,9 @@
 
 Writers (the Dagster assets) and readers (``open_dataset``, replay) both go through here, so the
 names, dtypes and attributes of ``operator_parameters``, ``initial_conditions`` and ``base_features``
-are defined once. No torch import: this runs in light processes too.
+are defined once, and every reader gets IC fields from :func:`initial_condition_fields`, stored or (the
+compact form) regenerated and checked against their digests. No torch import: this runs in light
+processes too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from spinlock_assets.core.features.family import FeatureFamily
-from spinlock_assets.core.generation import ParameterTable, operator_records
+from spinlock_assets.core.generation import ParameterTable, generate_initial_conditions, operator_records
 from spinlock_assets.core.parameters import (
     HYPERPARAMETER_FIELDS,
     PARAMETER_NAMES,
@@ -25,6 +27,8 @@ from spinlock_assets.core.record import OperatorRecord
 from spinlock_assets.core.seeds import OperatorSeeds
 from spinlock_assets.core.spec import DatasetSpec
 from spinlock_assets.storage.arrays import StoredArray
+from spinlock_assets.storage.errors import InitialConditionMismatchError
+from spinlock_assets.storage.layout import IC_FIELDS_REGENERATED
 
 __all__ = [
     "ENGINE_VERSION",
@@ -32,6 +36,7 @@ __all__ = [
     "family_arrays",
     "ic_digest",
     "initial_condition_arrays",
+    "initial_condition_fields",
     "parameter_arrays",
     "parameter_table",
     "stored_records",
@@ -91,10 +96,17 @@ def parameter_arrays(table: Any, spec: DatasetSpec) -> dict[str, StoredArray]:
     }
 
 
-def initial_condition_arrays(fields: np.ndarray, ic_families: Sequence[str]) -> dict[str, StoredArray]:
-    """Arrays of ``initial_conditions``: the fields ``[n, C, H, W]`` and their digests."""
-    return {
-        "fields": StoredArray(
+def initial_condition_arrays(
+    fields: np.ndarray, ic_families: Sequence[str], *, store_fields: bool = True
+) -> dict[str, StoredArray]:
+    """Arrays of ``initial_conditions``: the fields ``[n, C, H, W]`` and their digests; with
+    ``store_fields=False`` (the spec's compact mode) the digests alone, their ``@config`` marking that
+    readers regenerate the fields from ``ic_seed``. The default form is unchanged, byte for byte."""
+    digest_config: dict[str, Any] = {}
+    description = "SHA-256 of each initial condition's float32 bytes"
+    arrays = {}
+    if store_fields:
+        arrays["fields"] = StoredArray(
             fields,
             ("operator", "channel", "y", "x"),
             "1",
@@ -102,15 +114,27 @@ def initial_condition_arrays(fields: np.ndarray, ic_families: Sequence[str]) -> 
             compress=True,
             config={"families": list(ic_families)},
             description="initial condition of each operator",
-        ),
-        "ic_digest": StoredArray(
-            np.array([ic_digest(f) for f in fields], dtype="S64"),
-            ("operator",),
-            "1",
-            "generated",
-            description="SHA-256 of each initial condition's float32 bytes",
-        ),
-    }
+        )
+    else:
+        digest_config = {
+            "fields": IC_FIELDS_REGENERATED,
+            "generator": "spinlock_assets.core.generation.generate_initial_conditions",
+            "seed": "ic_seed",
+            "families": list(ic_families),
+        }
+        description += (
+            "; the fields are not stored: readers regenerate them from ic_seed (and the IC family and scale "
+            "of params) and check them against it"
+        )
+    arrays["ic_digest"] = StoredArray(
+        np.array([ic_digest(f) for f in fields], dtype="S64"),
+        ("operator",),
+        "1",
+        "generated",
+        config=digest_config,
+        description=description,
+    )
+    return arrays
 
 
 def base_feature_arrays(
@@ -212,18 +236,53 @@ def parameter_table(spec: DatasetSpec, parameters: Mapping[str, np.ndarray]) -> 
     )
 
 
+def initial_condition_fields(
+    spec: DatasetSpec, parameters: Mapping[str, np.ndarray], initial_conditions: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """``[n, C, H, W]`` float32 initial conditions of a stored range, from its ``operator_parameters`` and
+    ``initial_conditions`` arrays (by name): the stored ``fields`` or, in the compact form (no ``fields``),
+    each IC regenerated from its ``ic_seed`` and checked bit for bit against its stored ``ic_digest``.
+
+    Raises ``InitialConditionMismatchError`` naming the operators whose IC no longer regenerates exactly.
+    """
+    return _initial_condition_fields(spec, parameter_table(spec, parameters), initial_conditions)
+
+
+def _initial_condition_fields(
+    spec: DatasetSpec, table: ParameterTable, initial_conditions: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    if "fields" in initial_conditions:
+        return np.asarray(initial_conditions["fields"])
+    fields = generate_initial_conditions(spec, table)
+    regenerated = np.array([ic_digest(f) for f in fields], dtype="S64")
+    wrong = table.operator_index[regenerated != np.asarray(initial_conditions["ic_digest"])].tolist()
+    if wrong:
+        # Returning these fields would replay every rollout from another state than generation used.
+        raise InitialConditionMismatchError(
+            f"operators {wrong}: the initial condition regenerated from ic_seed differs from the stored "
+            "ic_digest, so it no longer regenerates bit-exactly: the IC generator's numerics changed (e.g. "
+            f"another numpy version; numpy {np.__version__} here) or the digest was altered. The dataset "
+            "does not store its IC fields (store_initial_conditions=false), so they cannot be read: use the "
+            "numpy version that generated the dataset, or regenerate it"
+        )
+    return fields
+
+
 def stored_records(
     spec: DatasetSpec,
     parameters: Mapping[str, np.ndarray],
-    fields: np.ndarray,
+    initial_conditions: Mapping[str, np.ndarray],
     base: Mapping[str, np.ndarray] | None = None,
     fingerprint: dict | None = None,
 ) -> list[OperatorRecord]:
-    """Replayable records of a stored range (with stored digests and base series when ``base`` is given)."""
+    """Replayable records of a stored range from its arrays by name: ``operator_parameters``,
+    ``initial_conditions`` (see :func:`initial_condition_fields`) and, when given, ``base_features`` (stored
+    digests and base series)."""
+    table = parameter_table(spec, parameters)
     return operator_records(
         spec,
-        parameter_table(spec, parameters),
-        fields,
+        table,
+        _initial_condition_fields(spec, table, initial_conditions),
         digests=None if base is None else np.char.decode(np.asarray(base["digests"])),
         base_series=None if base is None else base["series"],
         fingerprint=fingerprint,

@@ -2,7 +2,9 @@
 
 Everything a replay needs per operator comes from the file: the spec (``/metadata@spec_json``), the
 parameter point, the seeds, the initial condition, the stored digests and base series, and the
-execution fingerprint of the shard it was generated in (``/metadata/shards``).
+execution fingerprint of the shard it was generated in (``/metadata/shards``). A compact dataset has no
+``/inputs/fields``: the initial condition is regenerated from its ``ic_seed`` and checked against
+``/inputs/ic_digest`` (``operator_arrays.initial_condition_fields``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import json
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from spinlock_assets.core.record import OperatorRecord
 from spinlock_assets.core.spec import DatasetSpec
@@ -30,6 +31,7 @@ _PARAMETER_PATHS = {
     "probe_seed": "/parameters/seeds/probe_seed",
     "noise_seeds": "/parameters/seeds/noise_seeds",
 }
+_IC_PATHS = {"fields": "/inputs/fields", "ic_digest": "/inputs/ic_digest"}  # no fields in the compact form
 
 
 class DatasetReader:
@@ -116,14 +118,16 @@ class DatasetReader:
                     "digests": self.file["/verification/digests"][row],
                     "series": self.file["/features/base/series"][row],
                 }
-            fields = np.asarray(self.file["/inputs/fields"][row])
+            initial_conditions = {
+                name: self.file[path][row] for name, path in _IC_PATHS.items() if path in self.file
+            }
         except OSError as exc:  # HDF5 names no source file when a chunk of one fails its checksum
             files = ", ".join(str(self._shard_path(asset, index)) for asset in assets)
             raise ShardCorruptError(
                 f"operator {index}: cannot be read through {self.path} ({exc}); one of its shard files is "
                 f"damaged or truncated ({files}): find it with validate_shard_file and rematerialize it"
             ) from None
-        return stored_records(self.spec, parameters, fields, base, self.fingerprint(index))[0]
+        return stored_records(self.spec, parameters, initial_conditions, base, self.fingerprint(index))[0]
 
 
 def open_dataset(path: str | Path) -> DatasetReader:

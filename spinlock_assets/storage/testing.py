@@ -114,7 +114,7 @@ def _shard_arrays(
     }
     result: dict[str, dict[str, StoredArray]] = {}
     for row in FIXED_ARRAYS:
-        if row.optional and not trajectories:
+        if row.name == "trajectories" and not trajectories:
             continue
         result.setdefault(row.asset, {})[row.name] = StoredArray(
             data=data[row.name].astype(row.dtype),

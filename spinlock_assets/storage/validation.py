@@ -25,6 +25,7 @@ from spinlock_assets.storage.layout import (
     SHARDS_TABLE,
     Problem,
     check_array_attrs,
+    check_fixed_asset_arrays,
     decode_attr,
 )
 from spinlock_assets.storage.shard_file import check_shard_header, read_shard_file, read_shard_header
@@ -45,6 +46,11 @@ def validate_shard_file(path: str | Path, *, read_data: bool = True) -> list[Pro
     if not problems and path.name != f"{header.attrs['shard_key']}.h5":
         problems.append(
             Problem(str(path), f"file name must be '{header.attrs['shard_key']}.h5' (its @shard_key)")
+        )
+    if not problems:
+        arrays = {name: info.attrs for name, info in header.arrays.items()}
+        problems += check_fixed_asset_arrays(
+            str(header.attrs["asset"]), arrays, lambda name: f"{path}:/{name}"
         )
     for name in header.arrays if read_data and not problems else ():
         try:
@@ -152,11 +158,13 @@ def _check_virtual_sources(dataset: h5py.Dataset, path: Path) -> list[Problem]:
 
 def _check_fixed(handle: h5py.File) -> list[Problem]:
     problems = []
+    for asset in dict.fromkeys(row.asset for row in FIXED_ARRAYS):
+        paths = {row.name: row.path for row in FIXED_ARRAYS if row.asset == asset}
+        found = {name: handle[path].attrs for name, path in paths.items() if path in handle}
+        problems += check_fixed_asset_arrays(asset, found, paths.__getitem__)
     for row in FIXED_ARRAYS:
         dataset = handle.get(row.path)
         if dataset is None:
-            if not row.optional:
-                problems.append(Problem(row.path, f"required dataset (asset {row.asset!r}) is missing"))
             continue
         if dataset.dtype != np.dtype(row.dtype) or dataset.ndim != len(row.axes):
             problems.append(

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from spinlock_assets.constants import DEFAULT_SPEC_PATH
 from spinlock_assets.core.initial_conditions import IC_FAMILIES
 from spinlock_assets.core.spec import IC_FAMILY_NAMES, DatasetSpec, ParameterSpace, SpecError, load_spec
 from spinlock_assets_tests.conftest import tiny_spec
@@ -20,6 +21,8 @@ from spinlock_assets_tests.conftest import tiny_spec
         ({"channels": 0}, "channels"),
         ({"grid": (4, 4)}, "grid"),
         ({"root_seed": -3}, "root_seed"),
+        ({"store_trajectories": 1}, "store_trajectories"),
+        ({"store_initial_conditions": "false"}, "store_initial_conditions"),
     ],
 )
 def test_invalid_spec_names_the_field(overrides, field_name):
@@ -68,6 +71,21 @@ def test_spec_hash_ignores_dataset_size_and_sharding_but_not_content():
     assert dataclasses.replace(spec, shard_size=6).spec_hash == spec.spec_hash
     assert dataclasses.replace(spec, steps=7).spec_hash != spec.spec_hash
     assert dataclasses.replace(spec, root_seed=8).spec_hash != spec.spec_hash
+
+
+def test_compact_storage_flag_round_trips_and_is_part_of_the_hash(tmp_path):
+    compact = tiny_spec(store_initial_conditions=False)
+    path = tmp_path / "spec.json"
+    path.write_text(compact.to_json())
+    assert load_spec(path) == compact and not load_spec(path).store_initial_conditions
+    assert compact.spec_hash != tiny_spec().spec_hash  # the two forms never share a data root
+    assert dataclasses.replace(compact, store_trajectories=True).spec_hash != compact.spec_hash
+
+
+def test_specs_that_store_their_ics_keep_the_hash_they_had_before_the_flag_existed():
+    spec = load_spec(DEFAULT_SPEC_PATH)
+    assert spec.store_initial_conditions
+    assert spec.spec_hash == "33cfb4cd62de3870"  # the hash of the shipped default spec, quoted in README.md
 
 
 def test_unknown_keys_in_a_spec_file_are_refused(tmp_path):

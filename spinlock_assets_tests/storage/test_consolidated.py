@@ -20,6 +20,7 @@ from spinlock_assets.storage import (
     ConsolidatedSource,
     InconsistentShardsError,
     OutputExistsError,
+    ShardCorruptError,
     ShardStore,
     SpecMismatchError,
     build_consolidated_dataset,
@@ -170,6 +171,22 @@ def test_optional_trajectories_absent_means_no_trajectories_group(tmp_path: Path
         assert "trajectories" not in handle
     with h5py.File(write_tiny_dataset(tmp_path / "with", trajectories=True), "r") as handle:
         assert handle["/trajectories/states"].shape == (8, 2, 3, 2, 4, 4)
+
+
+def test_ic_shards_without_fields_build_only_when_marked_regenerated(tmp_path: Path) -> None:
+    dataset = write_tiny_dataset(tmp_path)
+    for key in KEYS:
+        with h5py.File(ShardStore(tmp_path).path("initial_conditions", key), "r+") as handle:
+            del handle["fields"]
+    with pytest.raises(ShardCorruptError, match="only the compact form"):
+        _rebuild(tmp_path)
+    for key in KEYS:  # the compact form: ic_digest marked, so readers regenerate the fields
+        with h5py.File(ShardStore(tmp_path).path("initial_conditions", key), "r+") as handle:
+            handle["ic_digest"].attrs["config"] = json.dumps({"fields": "regenerated"})
+    _rebuild(tmp_path)
+    with h5py.File(dataset, "r") as handle:
+        assert "fields" not in handle["/inputs"] and handle["/inputs/present"][()].tolist() == [1] * 8
+    assert validate_dataset_file(dataset) == []
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,18 @@ def test_missing_required_dataset_is_reported(tmp_path: Path) -> None:
     assert Problem("/verification/digests", "required dataset (asset 'base_features') is missing") in problems
 
 
+def test_ic_fields_may_be_absent_only_when_marked_regenerated(tmp_path: Path) -> None:
+    dataset = write_tiny_dataset(tmp_path)
+    with h5py.File(dataset, "r+") as handle:
+        del handle["/inputs/fields"]
+        handle["/inputs"].attrs["field_names"] = json.dumps(["ic_digest"])
+    problems = validate_dataset_file(dataset)
+    assert _paths(problems) == ["/inputs/fields"] and "only the compact form" in problems[0].message
+    with h5py.File(dataset, "r+") as handle:  # the compact form: digests only, marked in their @config
+        handle["/inputs/ic_digest"].attrs["config"] = json.dumps({"fields": "regenerated"})
+    assert validate_dataset_file(dataset) == []
+
+
 def test_shard_file_missing_behind_a_virtual_dataset_is_reported(tmp_path: Path) -> None:
     dataset = write_tiny_dataset(tmp_path)
     (tmp_path / "initial_conditions" / "ops-000004-000007.h5").unlink()
