@@ -25,7 +25,9 @@ How realizations are computed (and why the bits cannot depend on M, the thread c
   order), and computes F0 rows on the same workers in chunks; F0 rows are batch-invariant, so the
   chunking does not change them.
 - Other devices (CUDA), and the CPU when torch is set to one thread, step the realizations one after
-  another on the calling thread.
+  another on the calling thread; on an accelerator, states reach ``on_state`` (digests) a few steps at a
+  time, through one copy to the host, and F0 rows stay on the device until the rollout ends, so the
+  device is not drained every step.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .operator import GeneratorNoise, StochasticCNN
 
 __all__ = [
     "FEATURE_CHUNK_ELEMENTS",
+    "HOST_COPY_STEPS",
     "LOOKAHEAD_STEPS",
     "RolloutRecord",
     "iterate_rollout",
@@ -58,6 +61,8 @@ __all__ = [
 # realizations): enough to amortise per-op overhead on small grids, small enough that the last chunk
 # adds little after the rollout's final step. Rows are batch-invariant, so results do not depend on it.
 FEATURE_CHUNK_ELEMENTS = 1 << 16
+# Steps whose states reach a rollout's state hook in one device-to-host copy on an accelerator.
+HOST_COPY_STEPS = 8
 # How many steps a realization may run ahead of the step the consumer waits for (bounds memory to about
 # LOOKAHEAD_STEPS + 2 states [M, C, H, W]); more than 1 so workers do not wait at each step's end.
 LOOKAHEAD_STEPS = 4
@@ -286,13 +291,23 @@ def _stream(
         yield from _LaneScheduler(_worker_pool(workers), lanes, first, steps, on_state)
         return
     states = {0: first}
+    # On an accelerator, hand states to on_state HOST_COPY_STEPS steps at a time through one copy to the
+    # host: every copy waits for the device, and waiting every step leaves it idle while the next step's
+    # kernels are launched. On the CPU there is nothing to wait for.
+    copy_every = 1 if operator.device.type == "cpu" else HOST_COPY_STEPS
+    unreported: list[torch.Tensor] = []
     for t in range(1, steps):
         states[t] = torch.empty_like(first)
         for m, lane in enumerate(lanes):
-            state = lane.step(states, m)
+            lane.step(states, m)
             lane.next_step += 1
-            if on_state is not None:
-                on_state(m, state)
+        if on_state is not None:
+            unreported.append(states[t])
+            if len(unreported) == copy_every or t == steps - 1:
+                for step_states in torch.stack(unreported).cpu():
+                    for m in range(n):
+                        on_state(m, step_states[m])
+                unreported = []
         del states[t - 1]
         yield states[t]
 
@@ -355,16 +370,16 @@ class _BaseSeriesAccumulator:
         self.next_step += len(chunk)
 
     @staticmethod
-    def _rows(states: list[torch.Tensor]) -> np.ndarray:
+    def _rows(states: list[torch.Tensor]) -> torch.Tensor:
+        """F0 rows ``[M, k, C, 10]`` of k steps, on the states' device (copied to the host in ``finish``)."""
         chunk = torch.stack(states, dim=1)  # [M, k, C, H, W]
         m, k = chunk.shape[:2]
-        rows = step_features(chunk.reshape(m * k, *chunk.shape[2:]))
-        return rows.reshape(m, k, chunk.shape[2], 10).cpu().numpy()
+        return step_features(chunk.reshape(m * k, *chunk.shape[2:])).reshape(m, k, chunk.shape[2], 10)
 
     def finish(self) -> np.ndarray:
         self.flush()
         for start, future in self.chunks:
-            rows = future.result()
+            rows = future.result().cpu().numpy()
             self.series[:, start : start + rows.shape[1]] = rows
         return self.series
 
