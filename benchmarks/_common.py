@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from spinlock_assets.core.initial_conditions import initial_condition
 from spinlock_assets.core.operator import StochasticCNN, build_operator
 from spinlock_assets.core.parameters import OperatorHyperparameters, map_parameters, sobol_points
+from spinlock_assets.core.rollout import iterate_rollout, run_rollout
 from spinlock_assets.core.seeds import operator_seeds
 from spinlock_assets.core.spec import ParameterSpace
 
@@ -89,6 +90,21 @@ def smallest_cases(*, channels: int, grid: int, realizations: int) -> list[Case]
             _case(f"small{j}", hp, 1000 + j, channels=channels, grid=grid, realizations=realizations)
         )
     return cases
+
+
+def rollout_measures(case: Case, steps: int) -> tuple[Callable[[], None], Callable[[], object]]:
+    """(a) the bare rollout (``iterate_rollout`` consumed) and (b) the generation rollout (``run_rollout``:
+    inline F0 + digests) of ``case``, as callables."""
+    ic = torch.as_tensor(case.initial_condition)
+
+    def bare() -> None:
+        for _ in iterate_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds):
+            pass
+
+    def generation() -> object:
+        return run_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds)
+
+    return bare, generation
 
 
 def conv_bound(

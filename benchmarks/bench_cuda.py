@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: _co
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import Case, conv_bound, median, sampled_cases, smallest_cases  # noqa: E402
+from _common import Case, conv_bound, median, rollout_measures, sampled_cases, smallest_cases  # noqa: E402
 from bench_batching import batching_report  # noqa: E402
 
 from spinlock_assets.core.fingerprint import (  # noqa: E402
@@ -44,7 +44,7 @@ from spinlock_assets.core.fingerprint import (  # noqa: E402
     fingerprint_id,
 )
 from spinlock_assets.core.operator import StochasticCNN  # noqa: E402
-from spinlock_assets.core.rollout import iterate_rollout, run_rollout  # noqa: E402
+from spinlock_assets.core.rollout import run_rollout  # noqa: E402
 from spinlock_assets.core.verification import ATOL, RTOL  # noqa: E402
 
 GRID, CHANNELS, REALIZATIONS = 64, 3, 5
@@ -178,14 +178,7 @@ def throughput(args: argparse.Namespace) -> None:
     cases = cases_on(device, args.quick)
     rows = []
     for case in cases:
-        ic = torch.as_tensor(case.initial_condition)
-
-        def bare(case=case, ic=ic):
-            for _ in iterate_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds):
-                pass
-
-        def generation(case=case, ic=ic):
-            run_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds)
+        bare, generation = rollout_measures(case, steps)
 
         bound = conv_bound(case, steps, engine_convs=True, device=device)
         batched = conv_bound(case, steps, batched=True, engine_convs=True, device=device)

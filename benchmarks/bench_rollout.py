@@ -41,6 +41,7 @@ from _common import (  # noqa: E402
     conv_bound,
     load_average,
     median,
+    rollout_measures,
     sampled_cases,
     smallest_cases,
     timed,
@@ -70,14 +71,7 @@ def measure(cases: list[Case], steps: int, repeats: int) -> dict:
     parallelism = [available_parallelism()]
     fns = {}
     for case in cases:
-        ic = torch.as_tensor(case.initial_condition)
-
-        def bare(case=case, ic=ic):
-            for _ in iterate_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds):
-                pass
-
-        def generation(case=case, ic=ic):
-            return run_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds)
+        bare, generation = rollout_measures(case, steps)
 
         # (c) runs the convs in the engine's own thread structure: on `workers` threads with one intra-op
         # thread each when the engine has workers, else one after another on torch's intra-op threads.

@@ -5,10 +5,6 @@ the same at the benchmark's 64x64 scale."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,9 +12,6 @@ import torch
 
 from spinlock_assets.core.fingerprint import execution_fingerprint
 from spinlock_assets.core.generation import (
-    generate_initial_conditions,
-    operator_parameters,
-    operator_records,
     roll_out,
 )
 from spinlock_assets.core.operator import build_operator
@@ -26,40 +19,15 @@ from spinlock_assets.core.parameters import OperatorHyperparameters
 from spinlock_assets.core.rollout import run_rollout
 from spinlock_assets.core.verification import verify
 from spinlock_assets_tests.conftest import tiny_spec
+from spinlock_assets_tests.core.test_rollout_determinism import _records, digests_in_fresh_processes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-_CHILD = """
-import json, sys
-from spinlock_assets.core.spec import DatasetSpec
-from spinlock_assets.core.generation import (
-    generate_initial_conditions, operator_parameters, operator_records, roll_out
-)
-spec = DatasetSpec.from_json(sys.argv[1])
-table = operator_parameters(spec, 0, spec.n_operators)
-records = operator_records(spec, table, generate_initial_conditions(spec, table))
-print(json.dumps([r.digests for r in roll_out(records, device="cuda")]))
-"""
-
-
-def _records(spec):
-    table = operator_parameters(spec, 0, spec.n_operators)
-    return operator_records(spec, table, generate_initial_conditions(spec, table))
 
 
 def test_cuda_replay_is_bit_exact_in_two_fresh_processes():
     spec = tiny_spec(n_operators=4, grid=(32, 32))
     here = [r.digests for r in roll_out(_records(spec), device="cuda")]
-    for hash_seed in ("1", "12345"):
-        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
-        out = subprocess.run(
-            [sys.executable, "-c", _CHILD, spec.to_json()],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert json.loads(out.stdout) == here
+    assert digests_in_fresh_processes(spec, "cuda") == [here, here]
 
 
 def test_cuda_realization_is_identical_batched_or_alone():

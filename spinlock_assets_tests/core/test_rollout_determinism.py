@@ -163,24 +163,31 @@ from spinlock_assets.core.generation import (
 spec = DatasetSpec.from_json(sys.argv[1])
 table = operator_parameters(spec, 0, spec.n_operators)
 records = operator_records(spec, table, generate_initial_conditions(spec, table))
-print(json.dumps([r.digests for r in roll_out(records)]))
+print(json.dumps([r.digests for r in roll_out(records, device=sys.argv[2])]))
 """
+
+
+def digests_in_fresh_processes(spec, device: str = "cpu") -> list:
+    """The spec's digests rolled out on ``device`` in fresh processes, one per PYTHONHASHSEED tried."""
+    runs = []
+    for hash_seed in ("1", "12345"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, spec.to_json(), device],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs.append(json.loads(out.stdout))
+    return runs
 
 
 @pytest.mark.slow
 def test_replay_is_bit_exact_in_a_fresh_process_with_another_hash_seed():
     spec = tiny_spec(n_operators=4)
     here = _digests(spec)
-    for hash_seed in ("1", "12345"):
-        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
-        out = subprocess.run(
-            [sys.executable, "-c", _CHILD, spec.to_json()],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert json.loads(out.stdout) == here
+    assert digests_in_fresh_processes(spec) == [here, here]
 
 
 def test_realization_is_identical_batched_or_alone_where_onednn_picks_by_batch_size():
