@@ -15,8 +15,11 @@ of ``_common`` (the same operators as ``bench_rollout.py``), fp32, ``configure_d
 2. **Throughput** (this process, medians of ``--repeats``): per operator, (a) the bare rollout, (b) the
    generation rollout (inline F0 + digests), (c) the conv-only bound (the operator's convolutions, batch
    1 per realization, M per step: the engine's structure), with ``torch.cuda.synchronize()`` before the
-   clock stops. Then ``--processes`` processes rolling out the sample at once on the one GPU: aggregate
-   operators per second (a Dagster multiprocess executor on a GPU machine works this way).
+   clock stops. On CUDA also the rollout with its CUDA graphs switched off (every step eager), whether
+   both give the same digests, and the bound with one step's convolutions replayed as a CUDA graph (the
+   bound a graphed rollout is held to). Then ``--processes`` processes rolling out the sample at once
+   on the one GPU: aggregate operators per second (a Dagster multiprocess executor on a GPU machine
+   works this way).
 3. **Batching** bits on this backend (``bench_batching.batching_report``).
 """
 
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: _common is a sibling
@@ -38,6 +42,7 @@ import torch  # noqa: E402
 from _common import Case, conv_bound, median, rollout_measures, sampled_cases, smallest_cases  # noqa: E402
 from bench_batching import batching_report  # noqa: E402
 
+from spinlock_assets.core import rollout  # noqa: E402
 from spinlock_assets.core.fingerprint import (  # noqa: E402
     configure_determinism,
     execution_fingerprint,
@@ -110,6 +115,35 @@ def throughput_child(device: str, steps: int, quick: bool, repeats: int) -> None
     print(json.dumps({"seconds": time.perf_counter() - started, "rollouts": repeats * len(cases)}))
 
 
+def without_cuda_graphs(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with the rollout's CUDA graphs switched off (every step eager)."""
+
+    def eager() -> object:
+        saved, rollout.CUDA_GRAPH_MIN_STEPS = rollout.CUDA_GRAPH_MIN_STEPS, sys.maxsize
+        try:
+            return fn()
+        finally:
+            rollout.CUDA_GRAPH_MIN_STEPS = saved
+
+    return eager
+
+
+def graphed_conv_bound(case: Case, steps: int, device: str) -> Callable[[], None]:
+    """The conv-only bound with one step's convolutions captured as a CUDA graph, replayed ``steps - 1``
+    times: the fair bound for a graphed rollout (the eager bound is itself launch-bound at batch 1)."""
+    one_step = conv_bound(case, 2, engine_convs=True, device=device)
+    one_step()  # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        one_step()
+
+    def replay() -> None:
+        for _ in range(steps - 1):
+            graph.replay()
+
+    return replay
+
+
 def _child_command(args: argparse.Namespace, role: str, device: str, *extra: str) -> list[str]:
     command = [sys.executable, __file__, "--role", role, "--device", device, "--steps", str(args.steps)]
     return command + (["--quick"] if args.quick else []) + list(extra)
@@ -176,37 +210,56 @@ def throughput(args: argparse.Namespace) -> None:
     )
     configure_determinism(device)
     cases = cases_on(device, args.quick)
-    rows = []
+    graphs = device.startswith("cuda")
+    rows, same_bits = [], 0
     for case in cases:
         bare, generation = rollout_measures(case, steps)
-
-        bound = conv_bound(case, steps, engine_convs=True, device=device)
-        batched = conv_bound(case, steps, batched=True, engine_convs=True, device=device)
-        measures = {"bare": bare, "generation": generation, "bound": bound, "batched": batched}
+        measures = {
+            "bare": bare,
+            "generation": generation,
+            "bound": conv_bound(case, steps, engine_convs=True, device=device),
+            "batched": conv_bound(case, steps, batched=True, engine_convs=True, device=device),
+        }
+        if graphs:
+            measures["eager"] = without_cuda_graphs(bare)
+            measures["graph bound"] = graphed_conv_bound(case, steps, device)
+            graphed, eager = generation(), without_cuda_graphs(generation)()
+            same_bits += graphed.digests == eager.digests
         generation()  # warm-up: kernels, cuDNN handles
         samples = {name: [_timed(fn, device) for _ in range(args.repeats)] for name, fn in measures.items()}
         rows.append((case, {name: median(values) for name, values in samples.items()}))
+    if graphs:
+        print(f"CUDA graph rollouts vs eager: {same_bits}/{len(cases)} operators with identical digests")
+    # the lower bound the rollout is held to: the graphed convolutions where graphs are used
+    tight = "graph bound" if graphs else "bound"
 
     print(
-        f"{'operator':<10} {'architecture':<26} {'bare ms':>8} {'gen ms':>8} {'bound ms':>9} "
-        f"{'batch-M':>8} {'bare/bound':>10} {'gen/bare':>8}"
+        f"{'operator':<10} {'architecture':<26} {'bare ms':>8} {'eager ms':>8} {'gen ms':>8} {'bound ms':>9} "
+        f"{'graph bnd':>9} {'batch-M':>8} {'bare/bound':>10} {'gen/bare':>8}"
     )
     for case, t in rows:
         print(
-            f"{case.label:<10} {case.architecture:<26} {t['bare'] * 1e3:8.1f} {t['generation'] * 1e3:8.1f} "
-            f"{t['bound'] * 1e3:9.1f} {t['batched'] * 1e3:8.1f} {t['bare'] / t['bound']:10.2f} "
-            f"{t['generation'] / t['bare']:8.2f}"
+            f"{case.label:<10} {case.architecture:<26} {t['bare'] * 1e3:8.1f} "
+            f"{t.get('eager', float('nan')) * 1e3:8.1f} {t['generation'] * 1e3:8.1f} "
+            f"{t['bound'] * 1e3:9.1f} {t.get('graph bound', float('nan')) * 1e3:9.1f} "
+            f"{t['batched'] * 1e3:8.1f} {t['bare'] / t[tight]:10.2f} {t['generation'] / t['bare']:8.2f}"
         )
     for title, group in (
         ("sampled", [r for r in rows if r[0].label.startswith("op")]),
         ("smallest", [r for r in rows if r[0].label.startswith("small")]),
     ):
-        total = {name: sum(t[name] for _, t in group) for name in ("bare", "generation", "bound", "batched")}
+        total = {name: sum(t[name] for _, t in group) for name in group[0][1]}
+        graph_figures = (
+            f"eager (no CUDA graphs) {total['eager']:.3f} s = {total['eager'] / total['bare']:.2f}x bare, "
+            f"graphed bound {total['graph bound']:.3f} s; "
+            if graphs
+            else ""
+        )
         print(
             f"total {title} ({len(group)}): bare {total['bare']:.3f} s, "
             f"generation {total['generation']:.3f} s, "
-            f"bound {total['bound']:.3f} s, batch-M bound {total['batched']:.3f} s; bare/bound "
-            f"{total['bare'] / total['bound']:.2f}, "
+            f"bound {total['bound']:.3f} s, batch-M bound {total['batched']:.3f} s; {graph_figures}"
+            f"bare/{tight} {total['bare'] / total[tight]:.2f}, "
             f"generation/bare {total['generation'] / total['bare']:.3f}; "
             f"{len(group) / total['generation']:.1f} generation rollouts/s"
         )

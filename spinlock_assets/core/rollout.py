@@ -27,12 +27,14 @@ How realizations are computed (and why the bits cannot depend on M, the thread c
 - Other devices (CUDA), and the CPU when torch is set to one thread, step the realizations one after
   another on the calling thread; on an accelerator, states reach ``on_state`` (digests) a few steps at a
   time, through one copy to the host, and F0 rows stay on the device until the rollout ends, so the
-  device is not drained every step.
+  device is not drained every step. On CUDA, every step after the first replays a CUDA graph of the
+  eager step (same kernels, same noise: the bits do not change, see ``_CudaGraphStep``).
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import os
 import queue
@@ -48,6 +50,7 @@ from .features.base import step_features
 from .operator import GeneratorNoise, StochasticCNN
 
 __all__ = [
+    "CUDA_GRAPH_MIN_STEPS",
     "FEATURE_CHUNK_ELEMENTS",
     "HOST_COPY_STEPS",
     "LOOKAHEAD_STEPS",
@@ -61,6 +64,9 @@ __all__ = [
 # realizations): enough to amortise per-op overhead on small grids, small enough that the last chunk
 # adds little after the rollout's final step. Rows are batch-invariant, so results do not depend on it.
 FEATURE_CHUNK_ELEMENTS = 1 << 16
+# CUDA rollouts of at least this many states replay steps 2.. as one CUDA graph (see _CudaGraphStep);
+# shorter ones are not worth a capture. Bits do not depend on it.
+CUDA_GRAPH_MIN_STEPS = 4
 # Steps whose states reach a rollout's state hook in one device-to-host copy on an accelerator.
 HOST_COPY_STEPS = 8
 # How many steps a realization may run ahead of the step the consumer waits for (bounds memory to about
@@ -174,9 +180,42 @@ class _Lane:
         """Compute state ``next_step`` of realization m from the previous one, in place in ``states``
         (no ``torch.cat`` of the realizations); returns it ``[C, H, W]``."""
         t = self.next_step
-        x, out = states[t - 1][m : m + 1], states[t][m : m + 1]
-        self.operator.update(x, self.operator.apply(x, self.noise), out=out)
-        return out[0]
+        return self.advance(states[t - 1][m : m + 1], states[t][m : m + 1])[0]
+
+    def advance(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """One step of this realization from ``x`` ``[1, C, H, W]`` into ``out`` (same shape)."""
+        return self.operator.update(x, self.operator.apply(x, self.noise), out=out)
+
+
+def _advance_all(lanes: list[_Lane], states: torch.Tensor, out: torch.Tensor) -> None:
+    """One step of every realization, one after another: ``states`` ``[M, C, H, W]`` -> ``out``."""
+    for m, lane in enumerate(lanes):
+        lane.advance(states[m : m + 1], out[m : m + 1])
+
+
+class _CudaGraphStep:
+    """One step of every realization, captured once as a CUDA graph and replayed for every later step.
+
+    At batch 1 a step is dozens of tiny kernels, so an eager CUDA rollout spends its time launching them;
+    a replay launches them all at once. The kernels are the very ones the eager step runs (captured
+    after the eager first step has initialised cuDNN and the noise buffers), and each lane's generator
+    is registered with the graph, so a replay draws the noise the next eager step would have drawn
+    (each replay advances the generator's Philox offset by what the captured draws consume). Bits are
+    therefore those of the eager path, which a test on a GPU checks digest for digest.
+    """
+
+    def __init__(self, lanes: list[_Lane], template: torch.Tensor) -> None:
+        self.source, self.target = torch.empty_like(template), torch.empty_like(template)
+        self.graph = torch.cuda.CUDAGraph()
+        for lane in lanes:
+            self.graph.register_generator_state(lane.noise.generator)
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            _advance_all(lanes, self.source, self.target)
+
+    def __call__(self, states: torch.Tensor, out: torch.Tensor) -> None:
+        self.source.copy_(states)
+        self.graph.replay()
+        out.copy_(self.target)
 
 
 class _LaneScheduler:
@@ -291,6 +330,8 @@ def _stream(
         yield from _LaneScheduler(_worker_pool(workers), lanes, first, steps, on_state)
         return
     states = {0: first}
+    graphed = operator.device.type == "cuda" and steps >= CUDA_GRAPH_MIN_STEPS
+    advance_all = functools.partial(_advance_all, lanes)
     # On an accelerator, hand states to on_state HOST_COPY_STEPS steps at a time through one copy to the
     # host: every copy waits for the device, and waiting every step leaves it idle while the next step's
     # kernels are launched. On the CPU there is nothing to wait for.
@@ -298,9 +339,9 @@ def _stream(
     unreported: list[torch.Tensor] = []
     for t in range(1, steps):
         states[t] = torch.empty_like(first)
-        for m, lane in enumerate(lanes):
-            lane.step(states, m)
-            lane.next_step += 1
+        advance_all(states[t - 1], states[t])
+        if graphed and t == 1:  # the eager first step was the warm-up
+            advance_all = _CudaGraphStep(lanes, first)
         if on_state is not None:
             unreported.append(states[t])
             if len(unreported) == copy_every or t == steps - 1:
@@ -346,16 +387,19 @@ class _BaseSeriesAccumulator:
     """Collects states until a chunk holds FEATURE_CHUNK_ELEMENTS pixels, then computes its F0 rows in
     one batch, on ``pool`` when given (results are collected by :meth:`finish`)."""
 
-    def __init__(self, n_realizations: int, steps: int, channels: int, pool: _WorkerPool | None) -> None:
+    def __init__(
+        self, n_realizations: int, steps: int, channels: int, pool: _WorkerPool | None, chunk_elements: int
+    ) -> None:
         self.series = np.empty((n_realizations, steps, channels, 10), dtype=np.float32)
         self.pool = pool
+        self.chunk_elements = chunk_elements
         self.pending: list[torch.Tensor] = []
         self.next_step = 0
         self.chunks: list[tuple[int, Future]] = []
 
     def update(self, state: torch.Tensor) -> None:
         self.pending.append(state)
-        if len(self.pending) * state.numel() >= FEATURE_CHUNK_ELEMENTS:
+        if len(self.pending) * state.numel() >= self.chunk_elements:
             self.flush()
 
     def flush(self) -> None:
@@ -408,7 +452,11 @@ def run_rollout(
 
     workers = rollout_workers(n_realizations, operator.device)
     pool = _worker_pool(workers) if workers else None
-    features = _BaseSeriesAccumulator(n_realizations, steps, channels, pool)
+    # On an accelerator a chunk costs a few dozen kernel launches whatever its size: make them larger.
+    scale = 1 if operator.device.type == "cpu" else HOST_COPY_STEPS
+    features = _BaseSeriesAccumulator(
+        n_realizations, steps, channels, pool, chunk_elements=FEATURE_CHUNK_ELEMENTS * scale
+    )
     trajectories = (
         np.empty((n_realizations, steps, *initial_condition.shape), dtype=np.float32)
         if keep_trajectories

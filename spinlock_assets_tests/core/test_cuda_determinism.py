@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from spinlock_assets.core import rollout
 from spinlock_assets.core.fingerprint import execution_fingerprint
 from spinlock_assets.core.generation import (
     roll_out,
@@ -50,3 +51,34 @@ def test_cpu_generated_operator_verified_on_cuda_is_classified_not_failed():
             record, digests=tuple(stored.digests), base_series=stored.base_series, fingerprint=cpu_fingerprint
         )
         assert verify(record, device="cuda").status in ("exact", "within_tolerance", "diverged")
+
+
+@pytest.mark.parametrize(
+    "hp",
+    [
+        OperatorHyperparameters(2, 16, 3, "gelu", 0.05, 1.0, "residual", 0.1, None, "blobs", 0.5),
+        OperatorHyperparameters(4, 48, 5, "tanh", 0.1, 1.5, "convex", None, 0.5, "blobs", 0.5),
+    ],
+    ids=["small", "wide"],
+)
+def test_cuda_graph_steps_are_bit_identical_to_eager_steps(hp, monkeypatch):
+    """Steps 2.. replay a CUDA graph of the eager step; digests and F0 rows must not change (a graph that
+    replayed stale noise or stale inputs would change both)."""
+    operator = build_operator(hp, channels=3, weight_seed=2, device="cuda")
+    ic = np.random.default_rng(1).standard_normal((3, 64, 64)).astype(np.float32)
+    seeds = [21, 22, 23]
+    captures = []
+    original = rollout._CudaGraphStep.__init__
+
+    def counting(self, *args, **kwargs):
+        captures.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(rollout._CudaGraphStep, "__init__", counting)
+    graphed = run_rollout(operator, ic, steps=12, noise_seeds=seeds)
+    assert captures == [1]
+    monkeypatch.setattr(rollout, "CUDA_GRAPH_MIN_STEPS", 10**9)
+    eager = run_rollout(operator, ic, steps=12, noise_seeds=seeds)
+    assert captures == [1]
+    assert graphed.digests == eager.digests
+    assert np.array_equal(graphed.base_series, eager.base_series, equal_nan=True)
