@@ -141,6 +141,7 @@ def graphed_conv_bound(case: Case, steps: int, device: str) -> Callable[[], None
         for _ in range(steps - 1):
             graph.replay()
 
+    replay.captured = one_step  # the graph reads one_step's input tensors: keep them alive
     return replay
 
 
@@ -290,6 +291,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="4 sampled operators instead of 16")
+    parser.add_argument("--section", choices=("all", "bits", "throughput", "batching"), default="all")
     parser.add_argument("--role", choices=("main", "digests", "throughput"), default="main")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -300,10 +302,13 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("bench_cuda.py: no CUDA device here (torch.cuda.is_available() is False)")
     print(f"torch {torch.__version__}, {json.dumps(execution_fingerprint(args.device))}")
-    bits_across_processes(args)
-    throughput(args)
-    print("\n== 3. Batching")
-    batching_report(args.device)
+    if args.section in ("all", "bits"):
+        bits_across_processes(args)
+    if args.section in ("all", "throughput"):
+        throughput(args)
+    if args.section in ("all", "batching"):
+        print("\n== 3. Batching")
+        batching_report(args.device)
 
 
 if __name__ == "__main__":

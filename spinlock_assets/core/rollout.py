@@ -205,6 +205,7 @@ class _CudaGraphStep:
     """
 
     def __init__(self, lanes: list[_Lane], template: torch.Tensor) -> None:
+        self.lanes = lanes  # the graph reads their weights and noise buffers: keep them alive with it
         self.source, self.target = torch.empty_like(template), torch.empty_like(template)
         self.graph = torch.cuda.CUDAGraph()
         for lane in lanes:
