@@ -333,25 +333,69 @@ def _stream(
     states = {0: first}
     graphed = operator.device.type == "cuda" and steps >= CUDA_GRAPH_MIN_STEPS
     advance_all = functools.partial(_advance_all, lanes)
-    # On an accelerator, hand states to on_state HOST_COPY_STEPS steps at a time through one copy to the
-    # host: every copy waits for the device, and waiting every step leaves it idle while the next step's
-    # kernels are launched. On the CPU there is nothing to wait for.
-    copy_every = 1 if operator.device.type == "cpu" else HOST_COPY_STEPS
-    unreported: list[torch.Tensor] = []
+    report = _HostReports(on_state, n) if on_state is not None else None
     for t in range(1, steps):
         states[t] = torch.empty_like(first)
         advance_all(states[t - 1], states[t])
         if graphed and t == 1:  # the eager first step was the warm-up
             advance_all = _CudaGraphStep(lanes, first)
-        if on_state is not None:
-            unreported.append(states[t])
-            if len(unreported) == copy_every or t == steps - 1:
-                for step_states in torch.stack(unreported).cpu():
-                    for m in range(n):
-                        on_state(m, step_states[m])
-                unreported = []
+        if report is not None:
+            report.add(states[t])
         del states[t - 1]
         yield states[t]
+    if report is not None:
+        report.close()
+
+
+class _HostReports:
+    """Hands the states of a rollout stepped on the calling thread to ``on_state``, in step order.
+
+    On the CPU each state is handed over at once. On an accelerator, states go to the host
+    ``HOST_COPY_STEPS`` steps per copy (each synchronous copy would leave the device idle while the next
+    kernels are launched); on CUDA the copy is asynchronous, into pinned memory, and a batch is handed
+    over only after the next batch's steps are queued, so the host hashes one batch while the device
+    computes the next.
+    """
+
+    def __init__(self, on_state: StateHook, n_realizations: int) -> None:
+        self.on_state, self.n_realizations = on_state, n_realizations
+        self.unreported: list[torch.Tensor] = []
+        self.in_flight: tuple[torch.Tensor, object] | None = None  # (host states [k, M, C, H, W], event)
+
+    def add(self, states: torch.Tensor) -> None:
+        if states.device.type == "cpu":
+            self._hand_over(states.unsqueeze(0))
+            return
+        self.unreported.append(states)
+        if len(self.unreported) == HOST_COPY_STEPS:
+            self._copy_and_report_previous()
+
+    def close(self) -> None:
+        self._copy_and_report_previous()
+        self._copy_and_report_previous()
+
+    def _copy_and_report_previous(self) -> None:
+        previous, self.in_flight = self.in_flight, None
+        if self.unreported:
+            stacked, self.unreported = torch.stack(self.unreported), []
+            if stacked.device.type == "cuda":
+                host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+                host.copy_(stacked, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record()
+                self.in_flight = (host, copied)
+            else:
+                self.in_flight = (stacked.cpu(), None)
+        if previous is not None:
+            host, copied = previous
+            if copied is not None:
+                copied.synchronize()
+            self._hand_over(host)
+
+    def _hand_over(self, steps: torch.Tensor) -> None:
+        for step_states in steps:
+            for m in range(self.n_realizations):
+                self.on_state(m, step_states[m])
 
 
 def iterate_rollout(
