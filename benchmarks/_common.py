@@ -6,6 +6,7 @@ Nothing here is imported by the package; benchmarks import the package, never th
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import statistics
 import threading
@@ -115,6 +116,7 @@ def conv_bound(
     workers: int = 1,
     engine_convs: bool = True,
     device: str = "cpu",
+    with_noise: bool = False,
 ) -> Callable[[], None]:
     """A callable running only the operator's convolutions for ``steps - 1`` steps: the same layer shapes,
     inputs pre-padded (so no pad, norm, noise or update), nothing else.
@@ -122,11 +124,17 @@ def conv_bound(
     ``batched=False``: one batch-1 conv per realization and layer, M per step (the structure the engine
     must use, see ``iterate_rollout``). ``batched=True``: one batch-M conv per layer (reference only: its
     bits may differ from batch 1). ``workers=n`` runs the batch-1 convs of the realizations on n threads
-    with one intra-op thread each (the engine's own structure when it parallelises realizations).
+    with one intra-op thread each, each realization-step going to whichever thread is free (the engine's
+    own structure when it parallelises realizations).
     ``engine_convs``: the convolutions as the engine computes them (``StochasticCNN.convolve``, which runs
     narrow layers as a matrix product and shifted adds); False, or an engine without ``convolve``:
     ``F.conv2d`` for every layer. ``device``: where the inputs live (the operator must live there too).
+    ``with_noise`` (batch 1 only): also each realization's noise draws, one ``[1, width, H, W]``
+    ``normal_`` per hidden layer per step, as the operator defines them: the part of a step no engine can
+    skip without changing the operator.
     """
+    if with_noise and batched:
+        raise ValueError("with_noise is defined for the batch-1 bound only")
     c, h, w = case.initial_condition.shape
     m = len(case.noise_seeds)
     pad = case.hp.kernel_size // 2
@@ -146,25 +154,37 @@ def conv_bound(
             functools.partial(F.conv2d, x, wt, b) for x, wt, b in zip(inputs, weights, biases, strict=True)
         ]
 
-    def run_layers(realizations: int, n_steps: int) -> None:
-        for _ in range(n_steps):
-            for _ in range(realizations):
-                for layer in layers:
-                    layer()
+    noise_shapes = [(1, wt.shape[0], h, w) for wt in weights[:-1]] if with_noise else []
+
+    def run_layers(units: Callable[[], bool]) -> None:
+        """Run one realization-step (every layer's conv, and its noise draws) while ``units()`` grants one."""
+        generator = torch.Generator(device=device).manual_seed(0)  # one per thread, as per realization
+        noise = [torch.empty(shape, device=device) for shape in noise_shapes]
+        while units():
+            for layer in layers:
+                layer()
+            for buffer in noise:
+                buffer.normal_(generator=generator)
+
+    def countdown(n: int) -> Callable[[], bool]:
+        granted = itertools.count()
+        return lambda: next(granted) < n  # atomic under the GIL: each unit is granted once
 
     if batched:
-        return lambda: run_layers(1, steps - 1)
+        return lambda: run_layers(countdown(steps - 1))
     if workers == 1:
-        return lambda: run_layers(m, steps - 1)
-
-    shares = [len(range(k, m, workers)) for k in range(workers)]
+        return lambda: run_layers(countdown(m * (steps - 1)))
 
     def parallel() -> None:
-        def body(share: int) -> None:
-            with single_intra_op_thread():
-                run_layers(share, steps - 1)
+        # Realization-steps are handed out one at a time to whichever thread is free, as the engine's
+        # lanes are (a static split of M=5 over 2 threads would idle one thread a sixth of the time).
+        units = countdown(m * (steps - 1))
 
-        threads = [threading.Thread(target=body, args=(s,)) for s in shares if s]
+        def body() -> None:
+            with single_intra_op_thread():
+                run_layers(units)
+
+        threads = [threading.Thread(target=body) for _ in range(min(workers, m))]
         for t in threads:
             t.start()
         for t in threads:

@@ -10,6 +10,8 @@ process and interleaved (so load drifts hit every measure alike):
 - (b) ``run_rollout`` (the generation rollout: inline F0 base features + SHA-256 digests),
 - (c) the conv-only lower bound: the operator's convolutions alone, the same layer shapes, inputs
   pre-padded, T-1 steps, batch 1 per realization and M of them per step (what the engine must do);
+  (c') the same plus the operator's noise draws (``normal_`` into ``[1, width, H, W]`` per hidden layer,
+  as the operator defines them: work no engine can skip without changing the operator);
   plus, for reference, the batch-M bound (the same convs batched; its bits may differ from batch 1) and
   the bound with the batch-1 convs shared out over the engine's worker threads (one intra-op thread each).
 
@@ -53,7 +55,7 @@ from spinlock_assets.core.allocator import keep_freed_memory  # noqa: E402
 from spinlock_assets.core.rollout import iterate_rollout, run_rollout  # noqa: E402
 
 GRID, CHANNELS, REALIZATIONS = 64, 3, 5
-MEASURES = ("bound", "bound_serial", "bound_f_conv2d", "bound_batched", "bare", "generation")
+MEASURES = ("bound", "bound_noise", "bound_serial", "bound_f_conv2d", "bound_batched", "bare", "generation")
 
 
 def _engine_workers() -> int:
@@ -78,6 +80,7 @@ def measure(cases: list[Case], steps: int, repeats: int) -> dict:
         structured = functools.partial(conv_bound, case, steps, workers=max(workers, 1))
         fns[case.label] = {
             "bound": structured(),
+            "bound_noise": structured(with_noise=True),
             "bound_serial": conv_bound(case, steps) if workers > 1 else None,
             "bound_f_conv2d": structured(engine_convs=False) if hasattr(case.operator, "convolve") else None,
             "bound_batched": conv_bound(case, steps, batched=True),
@@ -420,12 +423,12 @@ def print_efficiency(result: dict) -> None:
         f"available parallelism (2 threads vs 1 on matmuls, before/after each repetition): {parallelism}\n"
         "wall ms (medians). (c): the engine's convs alone in its thread structure; serial: the same on\n"
         "torch's intra-op threads, one realization after another; F.conv2d: (c) with F.conv2d for\n"
-        "every layer; "
+        "every layer; +noise (c'): (c) plus the operator's noise draws (normal_, as defined); "
         "batch-M: one batched conv per layer. 'cpu': ratios of process CPU time (all threads)."
     )
     print(
-        f"{'op':7} {'architecture':26} {'GFLOP':>6} {'(c) bound':>9} {'serial':>9} {'F.conv2d':>9} "
-        f"{'batch-M':>9} "
+        f"{'op':7} {'architecture':26} {'GFLOP':>6} {'(c) bound':>9} {'+noise':>9} {'serial':>9} "
+        f"{'F.conv2d':>9} {'batch-M':>9} "
         f"{'(a) bare':>9} {'(b) gen':>9} {'a/c':>6} {'b/a':>6} {'a/c cpu':>7} {'b/a cpu':>7} {'c GF/s':>7}"
     )
 
@@ -436,6 +439,7 @@ def print_efficiency(result: dict) -> None:
         t, cpu = case["median_s"], case["median_cpu_s"]
         print(
             f"{case['label']:7} {case['architecture']:26} {case['gflop']:6.1f} {_ms(t['bound'])} "
+            f"{cell(t, 'bound_noise')} "
             f"{cell(t, 'bound_serial')} {cell(t, 'bound_f_conv2d')} {cell(t, 'bound_batched')} "
             f"{_ms(t['bare'])} {_ms(t['generation'])} {t['bare'] / t['bound']:6.2f} "
             f"{t['generation'] / t['bare']:6.3f} {cpu['bare'] / cpu['bound']:7.2f} "
@@ -459,6 +463,7 @@ def print_efficiency(result: dict) -> None:
         others = [
             (label, total["bare"] / total[key])
             for label, key in (
+                ("conv + noise (c')", "bound_noise"),
                 ("serial", "bound_serial"),
                 ("F.conv2d", "bound_f_conv2d"),
                 ("batch-M", "bound_batched"),
