@@ -6,10 +6,7 @@ spec and i, never on the range it is generated in (tests prove it for shard size
 
 from __future__ import annotations
 
-import functools
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -118,51 +115,21 @@ def roll_out(
     keep_trajectories: bool = False,
     progress: Progress | None = None,
     build_operator: Callable[[OperatorRecord], StochasticCNN] | None = None,
-    concurrency: int | None = None,
 ) -> Iterator[RolloutRecord]:
     """Yield each record's rollout record, in order. ``build_operator`` lets a caller supply operators
-    (e.g. from a cache); by default each record rebuilds its own on ``device``. ``concurrency``: operators
-    rolled out at once (default ``rollout.concurrent_rollouts``: more than one only where the CPU has
-    more threads than realizations); it changes no bit. Operators are built on the calling thread, in
-    order, and at most ``concurrency`` rollouts are ahead of the consumer."""
+    (e.g. from a cache); by default each record rebuilds its own on ``device``."""
     from .fingerprint import configure_determinism
-    from .rollout import concurrent_rollouts, run_rollout
+    from .rollout import run_rollout
 
     configure_determinism(device)
-    if not records:
-        return
-    if concurrency is None:
-        concurrency = concurrent_rollouts(len(records[0].seeds.noise_seeds), device)
-
-    def rollout_of(record: OperatorRecord) -> Callable[[], RolloutRecord]:
+    for done, record in enumerate(records, start=1):
         operator = build_operator(record) if build_operator else record.build_operator(device)
-        return functools.partial(
-            run_rollout,
+        yield run_rollout(
             operator,
             record.initial_condition,
             steps=record.spec.steps,
             noise_seeds=record.seeds.noise_seeds,
             keep_trajectories=keep_trajectories,
-            concurrent_rollouts=concurrency,
         )
-
-    tasks = (rollout_of(record) for record in records)
-    for done, result in enumerate(_in_order(tasks, concurrency), start=1):
-        yield result
         if progress is not None:
             progress(done, len(records))
-
-
-def _in_order(tasks: Iterable[Callable[[], RolloutRecord]], concurrency: int) -> Iterator[RolloutRecord]:
-    """The tasks' results in order, with up to ``concurrency`` tasks running at once on threads."""
-    if concurrency == 1:
-        yield from (task() for task in tasks)
-        return
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="rollout") as executor:
-        running: deque[Future] = deque()
-        for task in tasks:
-            running.append(executor.submit(task))
-            if len(running) == concurrency:
-                yield running.popleft().result()
-        while running:
-            yield running.popleft().result()

@@ -21,8 +21,6 @@ How realizations are computed (and why the bits cannot depend on M, the thread c
   ``LOOKAHEAD_STEPS`` steps ahead of the consumer (so no worker idles at a per-step barrier). Which
   worker runs a step changes nothing. On 2 cores this beats one realization at a time on 2 intra-op
   threads: small convolutions, instance norm and the single-threaded ``normal_`` scale poorly.
-- Operators can be rolled out at once (``core.generation.roll_out`` does so when the CPU has more
-  threads than M, see ``concurrent_rollouts``): their lanes share one worker pool, which changes no bit.
 - ``run_rollout`` hashes realization m's state on m's own lane right after computing it (so in step
   order), and computes F0 rows on the same workers in chunks; F0 rows are batch-invariant, so the
   chunking does not change them.
@@ -57,7 +55,6 @@ __all__ = [
     "HOST_COPY_STEPS",
     "LOOKAHEAD_STEPS",
     "RolloutRecord",
-    "concurrent_rollouts",
     "iterate_rollout",
     "rollout_workers",
     "run_rollout",
@@ -80,26 +77,14 @@ LOOKAHEAD_STEPS = 4
 StateHook = Callable[[int, torch.Tensor], None]
 
 
-def rollout_workers(
-    n_realizations: int, device: str | torch.device = "cpu", concurrent_rollouts: int = 1
-) -> int:
-    """How many worker threads a rollout of ``n_realizations`` runs its steps on: ``min(M *
-    concurrent_rollouts, torch.get_num_threads())`` on the CPU (rollouts running at once share one pool);
-    0 (steps run on the calling thread) on other devices, and on the CPU when torch runs one thread, since
-    the calling thread then computes exactly as a worker would."""
+def rollout_workers(n_realizations: int, device: str | torch.device = "cpu") -> int:
+    """How many worker threads a rollout of ``n_realizations`` runs its steps on: ``min(M,
+    torch.get_num_threads())`` on the CPU; 0 (steps run on the calling thread) on other devices, and on the
+    CPU when torch runs one thread, since the calling thread then computes exactly as a worker would."""
     threads = torch.get_num_threads()
     if torch.device(device).type != "cpu" or threads == 1:
         return 0
-    return min(n_realizations * concurrent_rollouts, threads)
-
-
-def concurrent_rollouts(n_realizations: int, device: str | torch.device = "cpu") -> int:
-    """How many operators to roll out at once in this process so that every core has work: a rollout
-    keeps at most M workers busy, so ``torch.get_num_threads() // M`` on the CPU (at least 1); 1 on
-    other devices. Rollouts running at once change no bit (each step runs on one thread, see above)."""
-    if torch.device(device).type != "cpu":
-        return 1
-    return max(1, torch.get_num_threads() // n_realizations)
+    return min(n_realizations, threads)
 
 
 class _WorkerPool:
@@ -328,7 +313,6 @@ def _stream(
     steps: int,
     noise_seeds: Sequence[int],
     on_state: StateHook | None,
-    workers: int,
 ) -> Iterator[torch.Tensor]:
     if initial_condition.ndim != 3:
         raise ValueError(f"initial_condition must be [C, H, W]; got shape {tuple(initial_condition.shape)}")
@@ -342,6 +326,7 @@ def _stream(
     if steps <= 1:
         return
     lanes = [_Lane(operator, seed) for seed in noise_seeds]
+    workers = rollout_workers(n, operator.device)
     if workers:
         yield from _LaneScheduler(_worker_pool(workers), lanes, first, steps, on_state)
         return
@@ -421,8 +406,7 @@ def iterate_rollout(
     Realization m is stepped alone, with noise only from ``noise_seeds[m]`` (see the module docstring).
     Yielded tensors are never modified afterwards.
     """
-    workers = rollout_workers(len(noise_seeds), operator.device)
-    return _stream(operator, initial_condition, steps, noise_seeds, on_state=None, workers=workers)
+    return _stream(operator, initial_condition, steps, noise_seeds, on_state=None)
 
 
 @dataclass
@@ -502,10 +486,8 @@ def run_rollout(
     steps: int,
     noise_seeds: Sequence[int],
     keep_trajectories: bool = False,
-    concurrent_rollouts: int = 1,
 ) -> RolloutRecord:
-    """Roll out once, computing base series, digests and divergence inline (see the module docstring).
-    ``concurrent_rollouts``: how many rollouts this process runs at once (they share one worker pool)."""
+    """Roll out once, computing base series, digests and divergence inline (see the module docstring)."""
     initial_condition = torch.as_tensor(initial_condition)
     n_realizations, channels = len(noise_seeds), initial_condition.shape[0]
     hashes = [hashlib.sha256() for _ in range(n_realizations)]
@@ -513,7 +495,7 @@ def run_rollout(
     def hash_state(m: int, state: torch.Tensor) -> None:  # on realization m's lane, in step order
         hashes[m].update(np.ascontiguousarray(state.cpu().numpy(), dtype="<f4").data)
 
-    workers = rollout_workers(n_realizations, operator.device, concurrent_rollouts)
+    workers = rollout_workers(n_realizations, operator.device)
     pool = _worker_pool(workers) if workers else None
     # On an accelerator a chunk costs a few dozen kernel launches whatever its size: make them larger.
     scale = 1 if operator.device.type == "cpu" else HOST_COPY_STEPS
@@ -525,8 +507,7 @@ def run_rollout(
         if keep_trajectories
         else None
     )
-    states = _stream(operator, initial_condition, steps, noise_seeds, on_state=hash_state, workers=workers)
-    for t, state in enumerate(states):
+    for t, state in enumerate(_stream(operator, initial_condition, steps, noise_seeds, on_state=hash_state)):
         features.update(state)
         if trajectories is not None:
             trajectories[:, t] = state.cpu().numpy()

@@ -112,38 +112,6 @@ def test_pool_workers_compute_on_one_intra_op_thread():
         torch.set_num_threads(previous)
 
 
-def test_operators_rolled_out_at_once_give_the_bits_of_one_at_a_time(spec, monkeypatch):
-    """Where the CPU has more threads than realizations, roll_out runs operators at once on one shared
-    worker pool; results must be the same, in the same order, as one operator at a time."""
-    from spinlock_assets.core import rollout
-
-    records = _records(spec, 0, 6)
-    active, most = [], []
-    original = rollout.run_rollout
-
-    def tracking(*args, **kwargs):
-        active.append(1)
-        most.append(len(active))
-        try:
-            return original(*args, **kwargs)
-        finally:
-            active.pop()
-
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2 * spec.realizations)  # room for two rollouts' realizations
-        assert rollout.concurrent_rollouts(spec.realizations) == 2
-        one_at_a_time = list(roll_out(records, concurrency=1))
-        monkeypatch.setattr(rollout, "run_rollout", tracking)
-        at_once = list(roll_out(records))
-    finally:
-        torch.set_num_threads(previous)
-    assert max(most) == 2  # the rollouts did overlap
-    assert [r.digests for r in at_once] == [r.digests for r in one_at_a_time]
-    for a, b in zip(at_once, one_at_a_time, strict=True):
-        assert np.array_equal(a.base_series, b.base_series, equal_nan=True)
-
-
 def test_digest_independent_of_shard_size_and_of_operators_run_before(spec):
     whole = _digests(spec)  # operators 0..11 in one range
     resharded = dataclasses.replace(spec, shard_size=6)
