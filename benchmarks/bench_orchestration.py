@@ -154,13 +154,18 @@ def overhead(repeats: int, daemon: bool) -> None:
     base = statistics.median(rows["direct"])
     print(
         f"default dataset: {spec.n_operators} operators, {spec.n_operators // spec.shard_size} shards, "
-        f"grid {spec.grid}, T={spec.steps}, M={spec.realizations}; medians of {repeats}"
+        f"grid {spec.grid}, T={spec.steps}, M={spec.realizations}; medians of {repeats}; 'paired': the "
+        "median of each repetition's ratio to the direct run just before it (drifts in load cancel)"
     )
     for name, times in rows.items():
         if times:
             median = statistics.median(times)
+            paired = statistics.median(t / d for t, d in zip(times, rows["direct"], strict=True))
             runs = [round(t, 1) for t in times]
-            print(f"  {name:33s} {median:8.1f} s   ratio {median / base:5.3f}   runs {runs}")
+            print(
+                f"  {name:35s} {median:8.1f} s   ratio {median / base:5.3f}   paired {paired:5.3f}   "
+                f"runs {runs}"
+            )
 
 
 def scaling(repeats: int) -> None:
