@@ -67,7 +67,8 @@ FEATURE_CHUNK_ELEMENTS = 1 << 16
 # CUDA rollouts of at least this many states replay steps 2.. as one CUDA graph (see _CudaGraphStep);
 # shorter ones are not worth a capture. Bits do not depend on it.
 CUDA_GRAPH_MIN_STEPS = 4
-# Steps whose states reach a rollout's state hook in one device-to-host copy on an accelerator.
+# Steps whose states reach a rollout's state hook in one device-to-host copy on an accelerator (where F0
+# chunks are also this many times FEATURE_CHUNK_ELEMENTS).
 HOST_COPY_STEPS = 8
 # How many steps a realization may run ahead of the step the consumer waits for (bounds memory to about
 # LOOKAHEAD_STEPS + 2 states [M, C, H, W]); more than 1 so workers do not wait at each step's end.
@@ -429,8 +430,8 @@ class RolloutRecord:
 
 
 class _BaseSeriesAccumulator:
-    """Collects states until a chunk holds FEATURE_CHUNK_ELEMENTS pixels, then computes its F0 rows in
-    one batch, on ``pool`` when given (results are collected by :meth:`finish`)."""
+    """Collects states until a chunk holds ``chunk_elements`` pixels, then computes its F0 rows in one
+    batch, on ``pool`` when given (results are collected by :meth:`finish`)."""
 
     def __init__(
         self, n_realizations: int, steps: int, channels: int, pool: _WorkerPool | None, chunk_elements: int
