@@ -36,9 +36,9 @@ def test_cuda_realization_is_identical_batched_or_alone():
     operator = build_operator(hp, channels=3, weight_seed=1, device="cuda")
     ic = np.random.default_rng(0).standard_normal((3, 64, 64)).astype(np.float32)
     seeds = [11, 12, 13, 14, 15]
-    batched = run_rollout(operator, ic, steps=4, noise_seeds=seeds)
+    batched = run_rollout(operator, ic, steps=8, noise_seeds=seeds)  # graphed steps (CUDA_GRAPH_MIN_STEPS)
     for m, seed in enumerate(seeds):
-        assert run_rollout(operator, ic, steps=4, noise_seeds=[seed]).digests[0] == batched.digests[m]
+        assert run_rollout(operator, ic, steps=8, noise_seeds=[seed]).digests[0] == batched.digests[m]
 
 
 def test_cpu_generated_operator_verified_on_cuda_is_classified_not_failed():
