@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/dagster_home}"
 mkdir -p "$DAGSTER_HOME" && touch "$DAGSTER_HOME/dagster.yaml"
-exec .venv/bin/dagster dev -m spinlock_assets.definitions -h 127.0.0.1 -p "${PORT:-3000}"
+exec .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "${PORT:-3000}"

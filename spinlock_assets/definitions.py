@@ -14,19 +14,19 @@ from pathlib import Path
 
 import dagster as dg
 
-from .constants import DATA_ROOT_ENV_VAR, DEFAULT_DATA_ROOT, DEFAULT_SPEC_PATH, PLUGINS_ENV_VAR, SPEC_ENV_VAR
-from .core.spec import DatasetSpec, load_spec
-from .dataset import build_dataset_asset
-from .features import build_feature_assets
-from .generation import build_generation_assets
-from .generation.assets import IO_MANAGER_KEY
-from .io_manager import HDF5ShardIOManager
-from .jobs import build_jobs
-from .partitions import shard_partitions
-from .resources import DatasetResource, RolloutResource
-from .verification import build_checks, build_verification_schedule
-from .verification.checks import integrity_check_key
-from .verification.schedules import build_verification_job
+from .core.spec import DEFAULT_SPEC_PATH, DatasetSpec, load_spec
+from .defs.constants import DATA_ROOT_ENV_VAR, DEFAULT_DATA_ROOT, PLUGINS_ENV_VAR, SPEC_ENV_VAR
+from .defs.dataset import build_dataset_asset
+from .defs.features import build_feature_assets
+from .defs.generation import build_generation_assets
+from .defs.generation.assets import IO_MANAGER_KEY
+from .defs.io_manager import HDF5ShardIOManager
+from .defs.jobs import build_jobs
+from .defs.partitions import shard_partitions
+from .defs.resources import DatasetResource, RolloutResource
+from .defs.verification import build_checks, build_verification_schedule
+from .defs.verification.checks import integrity_check_key
+from .defs.verification.schedules import build_verification_job
 
 __all__ = ["build_definitions", "defs"]
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .shards import MAX_OPERATORS
+
 __all__ = [
     "ACTIVATIONS",
     "IC_FAMILY_NAMES",
@@ -33,6 +35,7 @@ __all__ = [
     "ParameterSpace",
     "SpecError",
     "load_spec",
+    "DEFAULT_SPEC_PATH",
 ]
 
 POLICIES = ("autoregressive", "residual", "convex")
@@ -41,6 +44,8 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 # that the two agree.
 IC_FAMILY_NAMES = ("gaussian_random_field", "multiscale", "blobs", "structured")
 MIN_GRID = 8
+# The embedded default: a small CPU-friendly dataset (what the main job builds).
+DEFAULT_SPEC_PATH = Path(__file__).parent.parent / "specs" / "default.json"
 
 
 class SpecError(ValueError):
@@ -163,8 +168,10 @@ class DatasetSpec:
                 f"a multiple of shard_size={self.shard_size} (so growing appends whole shards)",
                 self.n_operators,
             )
-        if self.n_operators > 1_000_000:
-            raise SpecError("n_operators", "at most 1,000,000 (shard keys have six digits)", self.n_operators)
+        if self.n_operators > MAX_OPERATORS:
+            raise SpecError(
+                "n_operators", f"at most {MAX_OPERATORS:,} (shard keys have six digits)", self.n_operators
+            )
         if len(self.grid) != 2 or any(not isinstance(n, int) for n in self.grid):
             raise SpecError("grid", "two integers (height, width)", self.grid)
         smallest = max(MIN_GRID, max(self.parameter_space.kernel_sizes))

@@ -2,7 +2,7 @@
 
 ``dagster_dev(directory, spec)`` is a context manager that writes the spec to a file, creates a
 ``DAGSTER_HOME`` with a minimal ``dagster.yaml`` (telemetry off), starts
-``dagster dev -m spinlock_assets.definitions`` on a free loopback port in its own session (so it
+``dagster dev -w workspace.yaml`` on a free loopback port in its own session (so it
 can be checked and stopped as a whole), waits until the webserver answers and the code location
 has loaded, and yields a :class:`DagsterDev`. On exit it sends SIGTERM to ``dagster dev``, then to
 its process group, waits for every process of the group to end (SIGKILL after ``STOP_TIMEOUT_S``)
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
-MODULE = "spinlock_assets.definitions"
+WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"  # what scripts/ui.sh serves
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPOSITORY_NAME = "__repository__"
 ASSET_JOB = "__ASSET_JOB"
@@ -314,7 +314,7 @@ class DagsterDev:
             **(env or {}),
         }
         command = [sys.executable, "-c", _RESTORE_SIGINT_AND_EXEC, "-m", "dagster", "dev"]
-        command += ["-m", MODULE, "-d", str(REPO_ROOT)]
+        command += ["-w", str(WORKSPACE)]
         command += ["-h", HOST, "-p", str(port)]
         log_file = log_path.open("wb")
         try:

@@ -19,8 +19,8 @@ from pathlib import Path
 import h5py
 import pytest
 
-from spinlock_assets.generation.assets import BASE_CODE_VERSION
-from spinlock_assets.jobs import DATASET_JOB
+from spinlock_assets.defs.generation.assets import BASE_CODE_VERSION
+from spinlock_assets.defs.jobs import DATASET_JOB
 from spinlock_assets_tests.conftest import tiny_spec
 
 from .dagster_dev import DagsterDev, DagsterDevError, dagster_dev

@@ -16,7 +16,7 @@ from spinlock_assets.core.fingerprint import execution_fingerprint
 from spinlock_assets.core.verification import classify, replay_rollout, same_fingerprint, verify
 from spinlock_assets.storage import ShardStore
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import SHARDS, tiny_definitions
+from spinlock_assets_tests.defs.helpers import SHARDS, tiny_definitions
 from spinlock_assets_tests.faults.helpers import (
     REPLAY_KEY,
     replay_window,

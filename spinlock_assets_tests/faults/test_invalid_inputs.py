@@ -16,10 +16,10 @@ from spinlock_assets.core.parameters import PARAMETER_NAMES, map_parameters
 from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.core.spec import SpecError, load_spec
 from spinlock_assets.definitions import _spec_from_environment
-from spinlock_assets.partitions import operator_range
+from spinlock_assets.defs.partitions import operator_range
 from spinlock_assets.storage import ShardStore
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import GENERATION, materialize, tiny_definitions
+from spinlock_assets_tests.defs.helpers import GENERATION, materialize, tiny_definitions
 from spinlock_assets_tests.faults.helpers import child_env, start_child
 
 # (field named in the error, change to a valid spec's JSON)

@@ -10,8 +10,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from spinlock_assets.core.features.registry import derived_families
-from spinlock_assets.features.assets import family_asset_name
-from spinlock_assets.generation.assets import BASE_CODE_VERSION
+from spinlock_assets.defs.features.assets import family_asset_name
+from spinlock_assets.defs.generation.assets import BASE_CODE_VERSION
 from spinlock_assets_tests.e2e.dagster_dev import DagsterDev
 
 from .dagster_ui import asset_link, metadata_row, metadata_value, open_asset, save_screenshot

@@ -15,8 +15,9 @@ from typing import Any
 
 import dagster as dg
 
-from .core.fingerprint import package_version
-from .core.shards import parse_shard_key
+from spinlock_assets.core.fingerprint import package_version
+from spinlock_assets.core.shards import parse_shard_key
+
 from .resources import DatasetResource
 
 __all__ = ["HDF5ShardIOManager", "ShardOutput"]

@@ -13,7 +13,7 @@ import dagster as dg
 import h5py
 import pytest
 
-from spinlock_assets.cli import main
+from spinlock_assets.cli.main import main
 from spinlock_assets.core.verification import verify
 from spinlock_assets.storage import (
     InitialConditionMismatchError,
@@ -24,7 +24,7 @@ from spinlock_assets.storage import (
 from spinlock_assets.storage.operator_arrays import ic_digest
 from spinlock_assets.storage.reader import open_dataset
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import SHARDS, materialize, tiny_definitions
+from spinlock_assets_tests.defs.helpers import SHARDS, materialize, tiny_definitions
 from spinlock_assets_tests.faults.helpers import error_text
 
 SPEC = tiny_spec(n_operators=8, store_initial_conditions=False)

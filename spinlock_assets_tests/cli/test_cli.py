@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
-from spinlock_assets.cli import main, parse_operators
-from spinlock_assets.cli_progress import ProgressBar
+from spinlock_assets.cli.main import main, parse_operators
+from spinlock_assets.cli.replay import ProgressBar
 from spinlock_assets.core.verification import replay
 from spinlock_assets.definitions import build_definitions
 from spinlock_assets.storage.reader import open_dataset

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from .. import plots
+from spinlock_assets.figures import plots
+from spinlock_assets.storage.operator_arrays import ENGINE_VERSION
+
 from ..constants import FEATURES_GROUP, OWNERS
 from ..generation.assets import IO_MANAGER_KEY, load_records, preview
 from ..io_manager import ShardOutput
 from ..resources import DatasetResource, RolloutResource
-from ..storage.operator_arrays import ENGINE_VERSION
 
 __all__ = ["build_feature_assets", "family_asset_name"]
 
@@ -78,10 +79,11 @@ def build_feature_assets(
         base_features,
     ):
         """Replays each operator of the shard once and computes every selected family from it."""
-        from ..core.extraction import extract_families
-        from ..core.verification import same_fingerprint
+        from spinlock_assets.core.extraction import extract_families
+        from spinlock_assets.core.verification import same_fingerprint
+        from spinlock_assets.storage.operator_arrays import family_arrays
+
         from ..progress import ProgressLog
-        from ..storage.operator_arrays import family_arrays
 
         selected = [by_asset[key.path[-1]] for key in sorted(context.selected_asset_keys)]
         records = load_records(dataset, operator_parameters, initial_conditions, base_features)

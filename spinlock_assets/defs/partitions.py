@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .core.shards import parse_shard_key, shard_ranges
-from .core.spec import DatasetSpec
+from spinlock_assets.core.shards import parse_shard_key, shard_ranges
+from spinlock_assets.core.spec import DatasetSpec
 
 __all__ = ["shard_partitions", "operator_range"]
 

@@ -31,7 +31,7 @@ def _prepare_instance(home: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m spinlock_assets.demo", description=__doc__.splitlines()[0]
+        prog="python -m spinlock_assets.defs.main_job", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--dagster-home", default=os.environ.get("DAGSTER_HOME", "dagster_home"))
     parser.add_argument(
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-    from .definitions import defs
-    from .jobs import DATASET_JOB, GENERATION_JOB
-    from .resources import DatasetResource
+    from spinlock_assets.definitions import defs
+    from spinlock_assets.defs.jobs import DATASET_JOB, GENERATION_JOB
+    from spinlock_assets.defs.resources import DatasetResource
 
     dataset: DatasetResource = defs.resources["dataset"]
     spec = dataset.spec
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         ):
             return 1
 
-    from .core.verification import verify
-    from .storage.reader import open_dataset
+    from spinlock_assets.core.verification import verify
+    from spinlock_assets.storage.reader import open_dataset
 
     path = Path(dataset.data_root) / "dataset.h5"
     with open_dataset(path) as reader:

@@ -9,9 +9,9 @@ import h5py
 import pytest
 
 from spinlock_assets.core.verification import rotating_sample
-from spinlock_assets.verification.checks import NONFINITE_CHECK, REPLAY_CHECK, integrity_check_key
+from spinlock_assets.defs.verification.checks import NONFINITE_CHECK, REPLAY_CHECK, integrity_check_key
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import SHARDS, generate, tiny_definitions
+from spinlock_assets_tests.defs.helpers import SHARDS, generate, tiny_definitions
 
 REPLAY_KEY = dg.AssetCheckKey(dg.AssetKey("base_features"), REPLAY_CHECK)
 

@@ -59,8 +59,8 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         (exact / within_tolerance / diverged) and warns rather than fails."""
         import time
 
-        from ..core.shards import parse_shard_key
-        from ..core.verification import rotating_sample
+        from spinlock_assets.core.shards import parse_shard_key
+        from spinlock_assets.core.verification import rotating_sample
 
         shard = parse_shard_key(context.partition_key)
         indices = rotating_sample(shard.start, shard.stop, config.operators_per_shard, config.rotation)
@@ -94,7 +94,7 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         those are NaN from that step on: NaN/Inf is counted and flagged, never hidden or patched."""
         import numpy as np
 
-        from ..core.features.base import SERIES_FIELDS
+        from spinlock_assets.core.features.base import SERIES_FIELDS
 
         arrays = dataset.store.read("base_features", context.partition_key).arrays
         series, first = arrays["series"].data, arrays["first_nonfinite_step"].data  # [n,M,T,C,K], [n,M]
@@ -125,7 +125,7 @@ def _integrity_check(partitions: dg.PartitionsDefinition, asset: str) -> dg.Asse
     ) -> dg.AssetCheckResult:
         """The shard file's SHA-256 equals the one recorded when it was materialized, and the file passes the
         layout validator (self-describing arrays, operator rows, spec hash)."""
-        from ..storage import validate_shard_file
+        from spinlock_assets.storage import validate_shard_file
 
         key = context.partition_key
         records = context.instance.fetch_materializations(

@@ -10,7 +10,7 @@ import pytest
 
 from spinlock_assets.storage import ShardStore
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import SHARDS, tiny_definitions
+from spinlock_assets_tests.defs.helpers import SHARDS, tiny_definitions
 
 ROOT_VARIABLE = "SPINLOCK_TEST_MULTIPROCESS_ROOT"
 

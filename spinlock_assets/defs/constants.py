@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 # Asset groups (each a subpackage of the Dagster layer).
 INPUTS_GROUP = "inputs"
 GENERATION_GROUP = "generation"
@@ -14,7 +12,7 @@ DATASET_GROUP = "dataset"
 SPEC_ENV_VAR = "SPINLOCK_SPEC"
 DATA_ROOT_ENV_VAR = "SPINLOCK_DATA_ROOT"
 PLUGINS_ENV_VAR = "SPINLOCK_PLUGINS"  # modules that register extra feature families
-DEFAULT_SPEC_PATH = Path(__file__).parent / "specs" / "default.json"
+
 DEFAULT_DATA_ROOT = "data"
 
 OWNERS = ["team:operator-datasets"]

@@ -15,8 +15,8 @@ import zlib
 import numpy as np
 import pytest
 
-from spinlock_assets import plots
-from spinlock_assets.plots_raster import (
+from spinlock_assets.figures import plots
+from spinlock_assets.figures.raster import (
     DIVERGING,
     MID_GREY,
     NAN_COLOUR,
@@ -323,6 +323,6 @@ def test_markdown_image_embeds_the_png_as_a_data_uri() -> None:
 
 
 def test_plots_import_neither_torch_nor_dagster() -> None:
-    code = "import sys, spinlock_assets.plots; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    code = "import sys, spinlock_assets.figures.plots; print(sorted({m.split('.')[0] for m in sys.modules}))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "torch" not in loaded and "dagster" not in loaded and "matplotlib" not in loaded

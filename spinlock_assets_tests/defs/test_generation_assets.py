@@ -12,7 +12,7 @@ from spinlock_assets.core.verification import verify
 from spinlock_assets.storage import ShardStore, file_sha256
 from spinlock_assets.storage.reader import open_dataset
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import GENERATION, SHARDS, generate, materialize, tiny_definitions
+from spinlock_assets_tests.defs.helpers import GENERATION, SHARDS, generate, materialize, tiny_definitions
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from spinlock_assets.core.features.family import ArraySpec, FeatureFamily, Needs
 from spinlock_assets.core.features.registry import FAMILIES, get_family
 from spinlock_assets.storage import ShardStore
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import SHARDS, generate, materialize, tiny_definitions
+from spinlock_assets_tests.defs.helpers import SHARDS, generate, materialize, tiny_definitions
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import h5py
 import numpy as np
 
-from spinlock_assets.cli_progress import Replayer, check_shards
+from spinlock_assets.cli.replay import Replayer, check_shards
 from spinlock_assets.core.fingerprint import fingerprint_id
 from spinlock_assets.storage.atomic import atomic_output
 from spinlock_assets.storage.errors import StorageError

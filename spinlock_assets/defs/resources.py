@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import PrivateAttr
 
-from .core.spec import DatasetSpec
+from spinlock_assets.core.spec import DatasetSpec
 
 if TYPE_CHECKING:
-    from .core.record import OperatorRecord
-    from .storage import ShardStore
+    from spinlock_assets.core.record import OperatorRecord
+    from spinlock_assets.storage import ShardStore
 
 __all__ = ["DatasetResource", "RolloutResource"]
 
@@ -31,7 +31,7 @@ class DatasetResource(dg.ConfigurableResource):
 
     @cached_property
     def store(self) -> ShardStore:
-        from .storage import ShardStore
+        from spinlock_assets.storage import ShardStore
 
         return ShardStore(self.data_root)
 
@@ -41,7 +41,7 @@ class DatasetResource(dg.ConfigurableResource):
     def check_root_matches_spec(self) -> None:
         """Refuse, before any work, a data root holding shards of another spec (e.g. T or grid changed):
         mixing them would silently corrupt the dataset. Raises ``SpecMismatchError`` naming both hashes."""
-        from .storage import SpecMismatchError, StorageError
+        from spinlock_assets.storage import SpecMismatchError, StorageError
 
         root = self.store.root
         # Asset folders are identifiers; anything else (lost+found, .ipynb_checkpoints) is not ours.
@@ -76,8 +76,8 @@ class RolloutResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         import torch
 
-        from .core.allocator import keep_freed_memory
-        from .core.fingerprint import configure_determinism
+        from spinlock_assets.core.allocator import keep_freed_memory
+        from spinlock_assets.core.fingerprint import configure_determinism
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -85,7 +85,7 @@ class RolloutResource(dg.ConfigurableResource):
         keep_freed_memory()
 
     def fingerprint(self) -> dict[str, str]:
-        from .core.fingerprint import execution_fingerprint
+        from spinlock_assets.core.fingerprint import execution_fingerprint
 
         return execution_fingerprint(self.device)
 
@@ -106,7 +106,8 @@ class RolloutResource(dg.ConfigurableResource):
         self, records: list[OperatorRecord], *, keep_trajectories: bool = False, log: Any = None
     ) -> Iterator[Any]:
         """Yield one :class:`RolloutRecord` per record, logging progress (done/total, rate, ETA)."""
-        from .core.generation import roll_out
+        from spinlock_assets.core.generation import roll_out
+
         from .progress import ProgressLog
 
         yield from roll_out(
@@ -119,7 +120,7 @@ class RolloutResource(dg.ConfigurableResource):
 
     def verify(self, records: list[OperatorRecord], *, log: Any = None) -> list[Any]:
         """Replay ``records`` and classify each against its stored digests (``core.verification``)."""
-        from .core.verification import classify, same_fingerprint
+        from spinlock_assets.core.verification import classify, same_fingerprint
 
         current = self.fingerprint()
         return [

@@ -36,9 +36,14 @@ def build_dataset_asset(
         /metadata) over all shard files, readable with plain h5py. Shards or families not materialized yet
         are left out or masked (present = 0, never zeros), so it can be built at any time: confirm when the
         UI warns about unmaterialized upstream partitions."""
-        from ..core.shards import shard_ranges
-        from ..storage import FIXED_SOURCES, build_consolidated_dataset, family_source, file_sha256
-        from ..storage.layout import SCHEMA_VERSION
+        from spinlock_assets.core.shards import shard_ranges
+        from spinlock_assets.storage import (
+            FIXED_SOURCES,
+            build_consolidated_dataset,
+            family_source,
+            file_sha256,
+        )
+        from spinlock_assets.storage.layout import SCHEMA_VERSION
 
         spec = dataset.spec
         candidates = [*FIXED_SOURCES, *(family_source(f.name, [a.name for a in f.arrays]) for f in families)]

@@ -15,7 +15,7 @@ import base64
 
 import numpy as np
 
-from spinlock_assets.plots_raster import (
+from spinlock_assets.figures.raster import (
     DIVERGING,
     FOREGROUND,
     GLYPH_HEIGHT,
