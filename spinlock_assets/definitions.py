@@ -19,8 +19,7 @@ from .defs.constants import DATA_ROOT_ENV_VAR, DEFAULT_DATA_ROOT, PLUGINS_ENV_VA
 from .defs.dataset import build_dataset_asset
 from .defs.features import build_feature_assets
 from .defs.generation import build_generation_assets
-from .defs.generation.assets import IO_MANAGER_KEY
-from .defs.io_manager import HDF5ShardIOManager
+from .defs.io_manager import IO_MANAGER_KEY, HDF5ShardIOManager
 from .defs.jobs import build_jobs
 from .defs.partitions import shard_partitions
 from .defs.resources import DatasetResource, RolloutResource

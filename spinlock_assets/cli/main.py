@@ -26,8 +26,8 @@ from spinlock_assets.cli.replay import Replayer, check_shards
 from spinlock_assets.core.fingerprint import fingerprint_id
 from spinlock_assets.storage.atomic import atomic_output
 from spinlock_assets.storage.errors import StorageError
-from spinlock_assets.storage.layout import decode_attr, encode_attr
-from spinlock_assets.storage.reader import DATASET_FILE, DatasetReader, open_dataset
+from spinlock_assets.storage.layout import DATASET_FILE, decode_attr, encode_attr
+from spinlock_assets.storage.reader import DatasetReader, open_dataset
 from spinlock_assets.storage.validation import validate_dataset_file
 
 if TYPE_CHECKING:

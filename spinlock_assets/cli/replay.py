@@ -18,7 +18,7 @@ import numpy as np
 
 from spinlock_assets.core.fingerprint import execution_fingerprint, fingerprint_id
 from spinlock_assets.storage.errors import ShardMissingError
-from spinlock_assets.storage.layout import format_shard_key
+from spinlock_assets.storage.layout import GENERATION_ASSETS, format_shard_key
 from spinlock_assets.storage.reader import DatasetReader
 from spinlock_assets.storage.store import ShardStore
 
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["ProgressBar", "Replayer", "check_shards"]
 
 _WIDTH = 20
-# The shards a replay reads: parameters and seeds, the initial condition, and the digests to compare with.
-_REPLAY_ASSETS = ("operator_parameters", "initial_conditions", "base_features")
 
 
 class ProgressBar:
@@ -83,7 +81,8 @@ def check_shards(reader: DatasetReader, indices: np.ndarray) -> None:
     seeds), never as an error, and a shard generated after dataset.h5 was built is not mapped at all."""
     store, size = ShardStore(reader.path.parent), reader.spec.shard_size
     table = reader.file["/metadata/shards"][()]
-    for asset in _REPLAY_ASSETS:
+    # A replay reads parameters and seeds, the initial condition, and the digests to compare with.
+    for asset in GENERATION_ASSETS:
         readable = np.zeros(reader.n_operators, dtype=bool)
         for row in table[table["asset"] == asset.encode()]:
             if store.exists(asset, row["shard_key"].decode()):

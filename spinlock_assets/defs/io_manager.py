@@ -20,7 +20,9 @@ from spinlock_assets.core.shards import parse_shard_key
 
 from .resources import DatasetResource
 
-__all__ = ["HDF5ShardIOManager", "ShardOutput"]
+__all__ = ["IO_MANAGER_KEY", "HDF5ShardIOManager", "ShardOutput"]
+
+IO_MANAGER_KEY = "shard_io_manager"  # the key every shard asset names its IO manager by
 
 
 @dataclass

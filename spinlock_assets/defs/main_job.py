@@ -50,12 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     from spinlock_assets.definitions import defs
     from spinlock_assets.defs.jobs import DATASET_JOB, GENERATION_JOB
     from spinlock_assets.defs.resources import DatasetResource
+    from spinlock_assets.storage.layout import BASE_FEATURES_ASSET, DATASET_FILE
 
     dataset: DatasetResource = defs.resources["dataset"]
     spec = dataset.spec
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        done = instance.get_materialized_partitions(dg.AssetKey("base_features"))
+        done = instance.get_materialized_partitions(dg.AssetKey(BASE_FEATURES_ASSET))
         job = defs.resolve_job_def(GENERATION_JOB)
         keys = job.partitions_def.get_partition_keys()
         todo = [key for key in keys if key not in done]
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from spinlock_assets.core.verification import verify
     from spinlock_assets.storage.reader import open_dataset
 
-    path = Path(dataset.data_root) / "dataset.h5"
+    path = Path(dataset.data_root) / DATASET_FILE
     with open_dataset(path) as reader:
         sample = np.random.default_rng(0).choice(
             spec.n_operators, size=min(args.verify_sample, spec.n_operators), replace=False

@@ -11,10 +11,12 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from spinlock_assets.core.spec import DatasetSpec
+from spinlock_assets.storage import ShardStore, SpecMismatchError, StorageError
+
+from .progress import ProgressLog
 
 if TYPE_CHECKING:
     from spinlock_assets.core.record import OperatorRecord
-    from spinlock_assets.storage import ShardStore
 
 __all__ = ["DatasetResource", "RolloutResource"]
 
@@ -31,8 +33,6 @@ class DatasetResource(dg.ConfigurableResource):
 
     @cached_property
     def store(self) -> ShardStore:
-        from spinlock_assets.storage import ShardStore
-
         return ShardStore(self.data_root)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -41,8 +41,6 @@ class DatasetResource(dg.ConfigurableResource):
     def check_root_matches_spec(self) -> None:
         """Refuse, before any work, a data root holding shards of another spec (e.g. T or grid changed):
         mixing them would silently corrupt the dataset. Raises ``SpecMismatchError`` naming both hashes."""
-        from spinlock_assets.storage import SpecMismatchError, StorageError
-
         root = self.store.root
         # Asset folders are identifiers; anything else (lost+found, .ipynb_checkpoints) is not ours.
         folders = (
@@ -107,8 +105,6 @@ class RolloutResource(dg.ConfigurableResource):
     ) -> Iterator[Any]:
         """Yield one :class:`RolloutRecord` per record, logging progress (done/total, rate, ETA)."""
         from spinlock_assets.core.generation import roll_out
-
-        from .progress import ProgressLog
 
         yield from roll_out(
             records,

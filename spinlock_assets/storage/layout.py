@@ -16,6 +16,11 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "PARAMETERS_ASSET",
+    "INITIAL_CONDITIONS_ASSET",
+    "BASE_FEATURES_ASSET",
+    "GENERATION_ASSETS",
+    "DATASET_FILE",
     "SCHEMA_VERSION",
     "ARRAY_SOURCES",
     "ARRAY_ATTRS",
@@ -110,7 +115,13 @@ class FixedArray:
     optional: bool = False
 
 
-_PARAMS, _ICS, _BASE = "operator_parameters", "initial_conditions", "base_features"
+# The generation assets: each is a Dagster asset and the folder of its shard files under the data root.
+PARAMETERS_ASSET = "operator_parameters"
+INITIAL_CONDITIONS_ASSET = "initial_conditions"
+BASE_FEATURES_ASSET = "base_features"
+GENERATION_ASSETS = (PARAMETERS_ASSET, INITIAL_CONDITIONS_ASSET, BASE_FEATURES_ASSET)
+DATASET_FILE = "dataset.h5"  # the consolidated view, at the top of the data root
+_PARAMS, _ICS, _BASE = GENERATION_ASSETS
 _OP, _OP_M = ("operator",), ("operator", "realization")
 FIXED_ARRAYS: tuple[FixedArray, ...] = (
     FixedArray(_PARAMS, "params", "/parameters/params", "<f8", ("operator", "feature")),
@@ -168,9 +179,7 @@ def _fixed_source(asset: str) -> ConsolidatedSource:
     )
 
 
-FIXED_SOURCES: tuple[ConsolidatedSource, ...] = tuple(
-    _fixed_source(asset) for asset in (_PARAMS, _ICS, _BASE)
-)
+FIXED_SOURCES: tuple[ConsolidatedSource, ...] = tuple(_fixed_source(asset) for asset in GENERATION_ASSETS)
 
 
 def family_source(

@@ -17,12 +17,12 @@ import h5py
 from spinlock_assets.core.record import OperatorRecord
 from spinlock_assets.core.spec import DatasetSpec
 from spinlock_assets.storage.errors import ShardCorruptError, ShardMissingError, StorageError
+from spinlock_assets.storage.layout import BASE_FEATURES_ASSET, DATASET_FILE, GENERATION_ASSETS
 from spinlock_assets.storage.operator_arrays import stored_records
 from spinlock_assets.storage.shard_file import read_shard_header
 
-__all__ = ["DATASET_FILE", "DatasetReader", "open_dataset"]
+__all__ = ["DatasetReader", "open_dataset"]
 
-DATASET_FILE = "dataset.h5"
 _PARAMETER_PATHS = {
     "params": "/parameters/params",
     "operator_index": "/parameters/operator_index",
@@ -72,7 +72,7 @@ class DatasetReader:
 
     def fingerprint(self, index: int) -> dict | None:
         """The execution fingerprint of the base_features shard holding operator ``index``."""
-        row = self._shard_row("base_features", index)
+        row = self._shard_row(BASE_FEATURES_ASSET, index)
         return None if row is None else json.loads(row["fingerprint_json"])
 
     def _shard_row(self, asset: str, index: int):
@@ -105,8 +105,8 @@ class DatasetReader:
         """Operator ``index``: rebuildable and replayable, with its stored digests when generated."""
         if not 0 <= index < self.n_operators:
             raise IndexError(f"operator index {index} outside 0..{self.n_operators - 1}")
-        generated = self._shard_row("base_features", index) is not None
-        assets = ("operator_parameters", "initial_conditions", *(("base_features",) if generated else ()))
+        generated = self._shard_row(BASE_FEATURES_ASSET, index) is not None
+        assets = GENERATION_ASSETS if generated else GENERATION_ASSETS[:2]
         for asset in assets:
             self._require_shard_file(asset, index)
         row = slice(index, index + 1)

@@ -18,7 +18,14 @@ import numpy as np
 from spinlock_assets.core.features.base import SERIES_FIELDS, SUMMARY_FIELDS
 from spinlock_assets.storage.arrays import StoredArray
 from spinlock_assets.storage.consolidated import build_consolidated_dataset
-from spinlock_assets.storage.layout import FIXED_ARRAYS, FIXED_SOURCES, format_shard_key, parse_shard_key
+from spinlock_assets.storage.layout import (
+    BASE_FEATURES_ASSET,
+    DATASET_FILE,
+    FIXED_ARRAYS,
+    FIXED_SOURCES,
+    format_shard_key,
+    parse_shard_key,
+)
 from spinlock_assets.storage.store import ShardStore
 
 __all__ = ["tiny_spec_json", "write_tiny_dataset"]
@@ -73,7 +80,7 @@ def write_tiny_dataset(
             store.write(asset, key, arrays, attrs)
     return build_consolidated_dataset(
         store,
-        store.root / "dataset.h5",
+        store.root / DATASET_FILE,
         n_operators=n_operators,
         shard_keys=keys,
         sources=FIXED_SOURCES,
@@ -120,7 +127,7 @@ def _shard_arrays(
             data=data[row.name].astype(row.dtype),
             axes=row.axes,
             version="1",
-            source="inline" if row.asset == "base_features" else "generated",
+            source="inline" if row.asset == BASE_FEATURES_ASSET else "generated",
             field_names=field_names.get(row.name),
             description=f"tiny random stand-in for {row.path}",
             compress=data[row.name].dtype.kind == "f" and data[row.name].ndim > 2,

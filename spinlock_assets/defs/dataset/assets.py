@@ -4,16 +4,25 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from spinlock_assets.core.features.family import FeatureFamily
+from spinlock_assets.core.shards import shard_ranges
+from spinlock_assets.storage import (
+    DATASET_FILE,
+    FIXED_SOURCES,
+    SCHEMA_VERSION,
+    build_consolidated_dataset,
+    family_source,
+    file_sha256,
+)
+
 from ..constants import DATASET_GROUP, OWNERS
 from ..resources import DatasetResource
 
-__all__ = ["build_dataset_asset", "DATASET_FILE"]
-
-DATASET_FILE = "dataset.h5"
+__all__ = ["build_dataset_asset"]
 
 
 def build_dataset_asset(
-    shard_assets: Sequence[dg.AssetsDefinition], families: Sequence
+    shard_assets: Sequence[dg.AssetsDefinition], families: Sequence[FeatureFamily]
 ) -> dg.AssetsDefinition:
     """``dataset`` depends on every partition of every shard asset; it never copies data, so rebuilding
     it is cheap and touches no shard file."""
@@ -36,15 +45,6 @@ def build_dataset_asset(
         /metadata) over all shard files, readable with plain h5py. Shards or families not materialized yet
         are left out or masked (present = 0, never zeros), so it can be built at any time: confirm when the
         UI warns about unmaterialized upstream partitions."""
-        from spinlock_assets.core.shards import shard_ranges
-        from spinlock_assets.storage import (
-            FIXED_SOURCES,
-            build_consolidated_dataset,
-            family_source,
-            file_sha256,
-        )
-        from spinlock_assets.storage.layout import SCHEMA_VERSION
-
         spec = dataset.spec
         candidates = [*FIXED_SOURCES, *(family_source(f.name, [a.name for a in f.arrays]) for f in families)]
         # A family never materialized has no place in the file yet; a partly materialized one is masked.

@@ -9,40 +9,41 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from spinlock_assets.core.features.family import FeatureFamily, Needs
 from spinlock_assets.figures import plots
-from spinlock_assets.storage.operator_arrays import ENGINE_VERSION
+from spinlock_assets.storage.layout import GENERATION_ASSETS
+from spinlock_assets.storage.operator_arrays import ENGINE_VERSION, family_arrays
 
 from ..constants import FEATURES_GROUP, OWNERS
-from ..generation.assets import IO_MANAGER_KEY, load_records, preview
-from ..io_manager import ShardOutput
+from ..io_manager import IO_MANAGER_KEY, ShardOutput
+from ..progress import ProgressLog
 from ..resources import DatasetResource, RolloutResource
+from ..shard_assets import load_records, preview
 
 __all__ = ["build_feature_assets", "family_asset_name"]
 
 
 MAX_PREVIEW_COLUMNS = 200
 
-UPSTREAM = ["operator_parameters", "initial_conditions", "base_features"]
-
 
 def family_asset_name(family_name: str) -> str:
     return f"{family_name}_features"
 
 
-def family_code_version(family) -> str:
+def family_code_version(family: FeatureFamily) -> str:
     """The family's version, plus the engine's for families computed from a replay (an engine change alters
     their inputs, so they must go stale too)."""
-    if family.needs.value == "base_series":
+    if family.needs is Needs.BASE_SERIES:
         return f"{family.name}-{family.version}"
     return f"{family.name}-{family.version}+engine-{ENGINE_VERSION}"
 
 
-def _kinds(family) -> set[str]:
-    return {"torch", "hdf5"} if family.needs.value != "base_series" else {"numpy", "hdf5"}
+def _kinds(family: FeatureFamily) -> set[str]:
+    return {"numpy", "hdf5"} if family.needs is Needs.BASE_SERIES else {"torch", "hdf5"}
 
 
 def build_feature_assets(
-    partitions: dg.PartitionsDefinition, families: Sequence
+    partitions: dg.PartitionsDefinition, families: Sequence[FeatureFamily]
 ) -> list[dg.AssetsDefinition]:
     """The multi-asset computing ``families`` (``FeatureFamily`` objects) per shard."""
     if not families:
@@ -68,7 +69,7 @@ def build_feature_assets(
         can_subset=True,
         partitions_def=partitions,
         name="replay_feature_families",
-        ins={name: dg.AssetIn() for name in UPSTREAM},
+        ins={name: dg.AssetIn() for name in GENERATION_ASSETS},
     )
     def replay_feature_families(
         context: dg.AssetExecutionContext,
@@ -81,9 +82,6 @@ def build_feature_assets(
         """Replays each operator of the shard once and computes every selected family from it."""
         from spinlock_assets.core.extraction import extract_families
         from spinlock_assets.core.verification import same_fingerprint
-        from spinlock_assets.storage.operator_arrays import family_arrays
-
-        from ..progress import ProgressLog
 
         selected = [by_asset[key.path[-1]] for key in sorted(context.selected_asset_keys)]
         records = load_records(dataset, operator_parameters, initial_conditions, base_features)
@@ -97,7 +95,7 @@ def build_feature_assets(
         )
         statuses = [v.status for v in extraction.verifications]
         for family in selected:
-            source = "derived" if family.needs.value == "base_series" else "replay"
+            source = "derived" if family.needs is Needs.BASE_SERIES else "replay"
             arrays = family_arrays(family, extraction.results[family.name], source)
             nan_count = int(sum(int((a.data != a.data).sum()) for a in arrays.values()))
             shown = "summary" if "summary" in arrays else next(iter(arrays))

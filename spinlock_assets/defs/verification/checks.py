@@ -1,11 +1,19 @@
 """Asset checks. Replay verification and shard integrity are blocking: a failure means the data
 downstream would be wrong. Non-finite values are allowed only where the rollout was flagged divergent."""
 
+import time
 from collections.abc import Sequence
 
 import dagster as dg
+import numpy as np
+
+from spinlock_assets.core.features.base import SERIES_FIELDS
+from spinlock_assets.core.shards import parse_shard_key
+from spinlock_assets.storage import validate_shard_file
+from spinlock_assets.storage.layout import BASE_FEATURES_ASSET, GENERATION_ASSETS
 
 from ..resources import DatasetResource, RolloutResource
+from ..shard_assets import load_records
 
 __all__ = [
     "INTEGRITY_CHECK",
@@ -34,20 +42,15 @@ class ReplaySample(dg.Config):
 
 
 def _shard_records(dataset: DatasetResource, partition_key: str, indices: Sequence[int]) -> list:
-    from ..generation.assets import load_records
-
     spec_hash = dataset.spec.spec_hash
-    contents = [
-        dataset.store.read(a, partition_key, expected_spec_hash=spec_hash)
-        for a in ("operator_parameters", "initial_conditions", "base_features")
-    ]
+    contents = [dataset.store.read(a, partition_key, expected_spec_hash=spec_hash) for a in GENERATION_ASSETS]
     return [r for r in load_records(dataset, *contents) if r.index in set(indices)]
 
 
 def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str]) -> list:
     """The replay and finite checks on ``base_features`` and an integrity check per shard asset."""
 
-    @dg.asset_check(asset="base_features", name=REPLAY_CHECK, partitions_def=partitions, blocking=True)
+    @dg.asset_check(asset=BASE_FEATURES_ASSET, name=REPLAY_CHECK, partitions_def=partitions, blocking=True)
     def replay_matches_stored_digests(
         context: dg.AssetCheckExecutionContext,
         config: ReplaySample,
@@ -57,10 +60,7 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         """Replays a rotating sample of the shard's operators and compares every realization's SHA-256 digest
         with the stored one, bit for bit; under another execution fingerprint it classifies instead
         (exact / within_tolerance / diverged) and warns rather than fails."""
-        import time
-
-        from spinlock_assets.core.shards import parse_shard_key
-        from spinlock_assets.core.verification import rotating_sample
+        from spinlock_assets.core.verification import rotating_sample  # imports torch: only when run
 
         shard = parse_shard_key(context.partition_key)
         indices = rotating_sample(shard.start, shard.stop, config.operators_per_shard, config.rotation)
@@ -86,17 +86,13 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
             },
         )
 
-    @dg.asset_check(asset="base_features", name=NONFINITE_CHECK, partitions_def=partitions, blocking=True)
+    @dg.asset_check(asset=BASE_FEATURES_ASSET, name=NONFINITE_CHECK, partitions_def=partitions, blocking=True)
     def nonfinite_only_where_flagged(
         context: dg.AssetCheckExecutionContext, dataset: DatasetResource
     ) -> dg.AssetCheckResult:
         """Base series are finite except for realizations flagged divergent (first_nonfinite_step >= 0), and
         those are NaN from that step on: NaN/Inf is counted and flagged, never hidden or patched."""
-        import numpy as np
-
-        from spinlock_assets.core.features.base import SERIES_FIELDS
-
-        arrays = dataset.store.read("base_features", context.partition_key).arrays
+        arrays = dataset.store.read(BASE_FEATURES_ASSET, context.partition_key).arrays
         series, first = arrays["series"].data, arrays["first_nonfinite_step"].data  # [n,M,T,C,K], [n,M]
         has_nan = np.isnan(series[..., : SERIES_FIELDS.index("nonfinite_frac")]).any(axis=(3, 4))  # [n, M, T]
         flagged_from = np.where(first < 0, series.shape[2], first)
@@ -125,8 +121,6 @@ def _integrity_check(partitions: dg.PartitionsDefinition, asset: str) -> dg.Asse
     ) -> dg.AssetCheckResult:
         """The shard file's SHA-256 equals the one recorded when it was materialized, and the file passes the
         layout validator (self-describing arrays, operator rows, spec hash)."""
-        from spinlock_assets.storage import validate_shard_file
-
         key = context.partition_key
         records = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1

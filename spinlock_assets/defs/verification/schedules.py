@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from spinlock_assets.storage.layout import BASE_FEATURES_ASSET
+
 from ..constants import VERIFY_CRON, VERIFY_OPERATORS_PER_SHARD
 from .checks import NONFINITE_CHECK, REPLAY_CHECK, integrity_check_key
 
@@ -25,7 +27,7 @@ _SECONDS_PER_TICK = 86_400  # the default cron is daily
 def build_verification_job(generation_assets: Sequence[str]):
     return dg.define_asset_job(
         VERIFY_JOB,
-        selection=dg.AssetSelection.assets("base_features")
+        selection=dg.AssetSelection.assets(BASE_FEATURES_ASSET)
         | dg.AssetSelection.checks_for_assets(*generation_assets),
         description="Replay verification per shard (the schedule launches check-only runs of this job).",
         tags={"purpose": "verify"},
@@ -41,7 +43,7 @@ def build_verification_schedule(
     operators_per_shard: int = VERIFY_OPERATORS_PER_SHARD,
 ) -> dg.ScheduleDefinition:
     base_checks = [
-        dg.AssetCheckKey(dg.AssetKey("base_features"), name) for name in (REPLAY_CHECK, NONFINITE_CHECK)
+        dg.AssetCheckKey(dg.AssetKey(BASE_FEATURES_ASSET), name) for name in (REPLAY_CHECK, NONFINITE_CHECK)
     ]
 
     @dg.schedule(job=job, cron_schedule=VERIFY_CRON, default_status=dg.DefaultScheduleStatus.RUNNING)
@@ -52,7 +54,7 @@ def build_verification_schedule(
         materialized = {
             a: context.instance.get_materialized_partitions(dg.AssetKey(a)) for a in generation_assets
         }
-        keys = sorted(materialized["base_features"] & set(partitions.get_partition_keys()))
+        keys = sorted(materialized[BASE_FEATURES_ASSET] & set(partitions.get_partition_keys()))
         if not keys:
             return dg.SkipReason("no materialized base_features shard to verify yet")
         config = {
