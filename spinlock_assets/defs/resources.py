@@ -11,7 +11,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from spinlock_assets.core.spec import DatasetSpec
-from spinlock_assets.storage import ShardStore, SpecMismatchError, StorageError
+from spinlock_assets.storage import ShardStore
 
 from .progress import ProgressLog
 
@@ -40,25 +40,9 @@ class DatasetResource(dg.ConfigurableResource):
 
     def check_root_matches_spec(self) -> None:
         """Refuse, before any work, a data root holding shards of another spec (e.g. T or grid changed):
-        mixing them would silently corrupt the dataset. Raises ``SpecMismatchError`` naming both hashes."""
-        root = self.store.root
-        # Asset folders are identifiers; anything else (lost+found, .ipynb_checkpoints) is not ours.
-        folders = (
-            sorted(p for p in root.iterdir() if p.is_dir() and p.name.isidentifier()) if root.is_dir() else []
-        )
-        for folder in folders:
-            for key in self.store.shard_keys(folder.name):
-                try:
-                    stored = self.store.read_header(folder.name, key).attrs.get("spec_hash")
-                except StorageError:
-                    continue  # a damaged shard is for the integrity check; re-materializing repairs it
-                if stored != self.spec.spec_hash:
-                    raise SpecMismatchError(
-                        f"{self.store.path(folder.name, key)} was written for spec hash {stored}, but the "
-                        f"current spec has hash {self.spec.spec_hash}: a changed spec needs a new dataset "
-                        f"root (set SPINLOCK_DATA_ROOT to an empty folder)"
-                    )
-                break  # one readable shard per asset decides
+        mixing them would silently corrupt the dataset. Raises ``SpecMismatchError`` naming both hashes.
+        One small marker file is read per run (``ShardStore.claim_spec``), whatever the number of shards."""
+        self.store.claim_spec(self.spec.spec_hash, self.spec.to_json())
 
 
 class RolloutResource(dg.ConfigurableResource):

@@ -21,6 +21,7 @@ __all__ = [
     "BASE_FEATURES_ASSET",
     "GENERATION_ASSETS",
     "DATASET_FILE",
+    "SPEC_MARKER_FILE",
     "SCHEMA_VERSION",
     "ARRAY_SOURCES",
     "ARRAY_ATTRS",
@@ -121,6 +122,7 @@ INITIAL_CONDITIONS_ASSET = "initial_conditions"
 BASE_FEATURES_ASSET = "base_features"
 GENERATION_ASSETS = (PARAMETERS_ASSET, INITIAL_CONDITIONS_ASSET, BASE_FEATURES_ASSET)
 DATASET_FILE = "dataset.h5"  # the consolidated view, at the top of the data root
+SPEC_MARKER_FILE = "spec.json"  # the spec a data root belongs to, written by the first run
 _PARAMS, _ICS, _BASE = GENERATION_ASSETS
 _OP, _OP_M = ("operator",), ("operator", "realization")
 FIXED_ARRAYS: tuple[FixedArray, ...] = (

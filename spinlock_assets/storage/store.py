@@ -5,17 +5,22 @@ Each (asset, shard) has its own file, so concurrent partitions never share an HD
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
+import numpy as np
+
 from spinlock_assets.storage.arrays import StoredArray
-from spinlock_assets.storage.atomic import parse_temp_name
-from spinlock_assets.storage.errors import ShardCorruptError
-from spinlock_assets.storage.layout import Problem, parse_shard_key
+from spinlock_assets.storage.atomic import atomic_output, parse_temp_name
+from spinlock_assets.storage.errors import ShardCorruptError, SpecMismatchError, StorageError
+from spinlock_assets.storage.layout import SPEC_MARKER_FILE, Problem, parse_shard_key
+from spinlock_assets.storage.manifest import ShardRecord, read_manifest, write_manifest
 from spinlock_assets.storage.shard_file import (
     ShardContents,
     ShardFileInfo,
@@ -67,7 +72,27 @@ class ShardStore:
                 )
         path = self.path(asset, shard_key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return write_shard_file(path, arrays, {**attrs, **located}, overwrite=overwrite)
+        info = write_shard_file(path, arrays, {**attrs, **located}, overwrite=overwrite)
+        write_manifest(ShardRecord.of(read_shard_header(path), info.sha256))
+        return info
+
+    def record(
+        self, asset: str, shard_key: str, *, expected_spec_hash: str | None = None
+    ) -> ShardRecord | None:
+        """What consolidation needs of a shard file (None when it does not exist): its manifest while the
+        file keeps the recorded size and mtime, else its header and a fresh SHA-256 of its bytes."""
+        path = self.path(asset, shard_key)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        record = read_manifest(path)
+        if record is None or not record.matches(stat):
+            record = ShardRecord.of(self.read_header(asset, shard_key), file_sha256(path))
+        if expected_spec_hash is not None and record.attrs.get("spec_hash") != expected_spec_hash:
+            self.read_header(asset, shard_key, expected_spec_hash=expected_spec_hash)  # raises, naming both
+        self._check_location(path, record.attrs, asset, shard_key)
+        return record
 
     def read(
         self,
@@ -83,6 +108,61 @@ class ShardStore:
         )
         self._check_location(contents.path, contents.attrs, asset, shard_key)
         return contents
+
+    def read_rows(
+        self, asset: str, shard_key: str, operators: Sequence[int], *, expected_spec_hash: str | None = None
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """File attributes and the rows of ``operators`` (global indices inside the shard) of every array:
+        a replay of a few operators reads those rows only, not the whole shard."""
+        header = self.read_header(asset, shard_key, expected_spec_hash=expected_spec_hash)
+        start, stop = parse_shard_key(shard_key)
+        rows = sorted({index - start for index in operators})
+        if rows and not (rows[0] >= 0 and rows[-1] < stop - start):
+            raise ValueError(f"operators {sorted(operators)} are not all in shard {shard_key}")
+        try:
+            with h5py.File(header.path, "r") as handle:
+                arrays = {name: handle[name][rows] for name in header.arrays}
+        except (OSError, RuntimeError) as exc:
+            raise ShardCorruptError(f"{header.path}: rows cannot be read ({exc}); rematerialize it") from None
+        return header.attrs, arrays
+
+    def claim_spec(self, spec_hash: str, spec_json: str) -> None:
+        """Bind the root to one spec, or raise ``SpecMismatchError`` if it holds another spec's shards.
+
+        The first call writes ``spec.json`` at the root; every later call reads that one small file, so
+        the check costs the same at ten shards or a million. A root written before the marker existed is
+        scanned once (one readable shard per asset decides) and then marked."""
+        marker = self.root / SPEC_MARKER_FILE
+        try:
+            recorded = json.loads(marker.read_text())["spec_hash"]
+        except FileNotFoundError:
+            recorded = self._spec_hash_of_shards()
+            if recorded in (None, spec_hash):
+                self.root.mkdir(parents=True, exist_ok=True)
+                with atomic_output(marker, overwrite=True) as tmp:
+                    tmp.write_text(json.dumps({"spec_hash": spec_hash, "spec": json.loads(spec_json)}))
+                return
+        except (ValueError, KeyError, TypeError):
+            raise StorageError(f"{marker}: not a spec marker (expected JSON with 'spec_hash')") from None
+        if recorded != spec_hash:
+            raise SpecMismatchError(
+                f"{self.root} holds shards of spec hash {recorded} ({marker}), but the current spec has hash "
+                f"{spec_hash}: a changed spec needs a new dataset root (set SPINLOCK_DATA_ROOT to an empty "
+                "folder)"
+            )
+
+    def _spec_hash_of_shards(self) -> str | None:
+        """The spec hash of the first readable shard of any asset folder (None for an empty root)."""
+        if not self.root.is_dir():
+            return None
+        # Asset folders are identifiers; anything else (lost+found, .ipynb_checkpoints) is not ours.
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.isidentifier()):
+            for key in self.shard_keys(folder.name):
+                try:
+                    return self.read_header(folder.name, key).attrs.get("spec_hash")
+                except StorageError:
+                    continue  # a damaged shard is for the integrity check; re-materializing repairs it
+        return None
 
     def read_header(
         self, asset: str, shard_key: str, *, expected_spec_hash: str | None = None

@@ -44,8 +44,10 @@ def tree_sha256(root: Path) -> dict[str, str]:
 
 
 def without(snapshot: Mapping[str, str], *relative_paths: str) -> dict[str, str]:
-    """A snapshot minus the given files: what must stay byte-identical while those are being worked on."""
-    return {path: sha for path, sha in snapshot.items() if path not in relative_paths}
+    """A snapshot minus the given files and their manifests (``<shard>.json``, rewritten with the shard):
+    what must stay byte-identical while those are being worked on."""
+    manifests = {path.removesuffix(".h5") + ".json" for path in relative_paths if path.endswith(".h5")}
+    return {path: sha for path, sha in snapshot.items() if path not in {*relative_paths, *manifests}}
 
 
 def shard_file(asset: str, shard_key: str) -> str:
