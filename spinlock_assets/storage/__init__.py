@@ -5,7 +5,11 @@ describes the layout; ``validate_dataset_file`` and ``validate_shard_file`` enfo
 """
 
 from spinlock_assets.storage.arrays import ArrayInfo, StoredArray
-from spinlock_assets.storage.consolidated import build_consolidated_dataset
+from spinlock_assets.storage.consolidated import (
+    Consolidation,
+    build_consolidated_dataset,
+    update_consolidated_dataset,
+)
 from spinlock_assets.storage.errors import (
     InconsistentShardsError,
     InitialConditionMismatchError,
@@ -48,7 +52,9 @@ from spinlock_assets.storage.validation import validate_dataset_file, validate_s
 __all__ = [
     "ArrayInfo",
     "StoredArray",
+    "Consolidation",
     "build_consolidated_dataset",
+    "update_consolidated_dataset",
     "InconsistentShardsError",
     "InitialConditionMismatchError",
     "OutputExistsError",

@@ -5,6 +5,7 @@ Shards of the tiny dataset (8 operators, shard size 4): ops-000000-000003 and op
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -26,6 +27,7 @@ from spinlock_assets.storage import (
     build_consolidated_dataset,
     family_source,
     parse_shard_key,
+    update_consolidated_dataset,
     validate_dataset_file,
 )
 from spinlock_assets.storage.testing import write_tiny_dataset
@@ -247,4 +249,87 @@ def test_given_family_versions_must_agree_with_the_shards(tmp_path: Path) -> Non
             sources=FIXED_SOURCES,
             root_attrs={**_root_attrs(dataset), "family_versions": {"base": "2"}},
             overwrite=True,
+        )
+
+
+def _content(path: Path) -> dict[str, object]:
+    """Every attribute and every dataset's values (missing rows included) of an HDF5 file, by path."""
+    found: dict[str, object] = {}
+
+    def visit(name: str, item: h5py.Group | h5py.Dataset) -> None:
+        found[f"{name}@"] = {key: str(value) for key, value in item.attrs.items()}
+        if isinstance(item, h5py.Dataset):
+            found[name] = item[()].tobytes()  # NaN fill values compare equal as bytes
+
+    with h5py.File(path, "r") as handle:
+        found["/@"] = {key: str(value) for key, value in handle.attrs.items()}
+        handle.visititems(visit)
+    return found
+
+
+def _update(root: Path, n_operators: int, keys: Sequence[str]):
+    dataset = root / "dataset.h5"
+    return update_consolidated_dataset(
+        ShardStore(root),
+        dataset,
+        n_operators=n_operators,
+        shard_keys=keys,
+        sources=FIXED_SOURCES,
+        root_attrs=_root_attrs(dataset),
+    )
+
+
+def test_an_update_reads_only_the_changed_shards_and_equals_a_full_rebuild(tmp_path: Path) -> None:
+    keys = [f"ops-{start:06d}-{start + 3:06d}" for start in range(0, 24, 4)]
+    held_back = ("base_features", keys[4])
+    write_tiny_dataset(tmp_path, n_operators=24, shard_size=4, skip=[held_back])
+    assert _update(tmp_path, 24, keys).shards_read == 0  # nothing changed since write_tiny_dataset built it
+
+    store = ShardStore(tmp_path)
+    rewritten = store.read("base_features", keys[1])
+    arrays = {name: array for name, array in rewritten.arrays.items()}
+    arrays["summary"] = dataclasses.replace(arrays["summary"], data=arrays["summary"].data + 1)
+    store.write("base_features", keys[1], arrays, rewritten.attrs, overwrite=True)
+    source = store.read("base_features", keys[0])  # stand-in content for the shard materialized late
+    late = {name: dataclasses.replace(array, data=array.data.copy()) for name, array in source.arrays.items()}
+    start, stop = parse_shard_key(keys[4])
+    store.write(
+        "base_features",
+        keys[4],
+        late,
+        {**source.attrs, "operator_start": start, "operator_stop": stop, "shard_key": keys[4]},
+    )
+
+    update = _update(tmp_path, 24, keys)
+    assert (update.shards_present, update.shards_read) == (18, 2)
+    full = build_consolidated_dataset(
+        store,
+        tmp_path / "full.h5",
+        n_operators=24,
+        shard_keys=keys,
+        sources=FIXED_SOURCES,
+        root_attrs=_root_attrs(tmp_path / "dataset.h5"),
+    )
+    assert _content(update.path) == _content(full)
+    with h5py.File(update.path, "r") as handle:
+        assert handle["/features/base/present"][...].tolist() == [1] * 24
+        assert np.array_equal(handle["/features/base/summary"][4:8], arrays["summary"].data)
+    assert validate_dataset_file(update.path) == []
+
+
+def test_an_update_refuses_a_replaced_shard_that_disagrees_with_the_kept_ones(tmp_path: Path) -> None:
+    write_tiny_dataset(tmp_path)
+    _write_toy_family(tmp_path, {KEYS[0]: "1", KEYS[1]: "1"})
+    toy = [*FIXED_SOURCES, family_source("toy", ["series", "summary"])]
+    _rebuild(tmp_path, toy)
+    (tmp_path / "toy_features" / f"{KEYS[1]}.h5").unlink()
+    _write_toy_family(tmp_path, {KEYS[1]: "2"})
+    with pytest.raises(InconsistentShardsError, match="@version"):
+        update_consolidated_dataset(
+            ShardStore(tmp_path),
+            tmp_path / "dataset.h5",
+            n_operators=8,
+            shard_keys=KEYS,
+            sources=toy,
+            root_attrs=_root_attrs(tmp_path / "dataset.h5"),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from spinlock_assets.storage import Problem, ShardCorruptError, ShardStore
+from spinlock_assets.storage import Problem, ShardCorruptError, ShardStore, SpecMismatchError
 from spinlock_assets_tests.storage.helpers import shard_arrays, shard_attrs
 
 
@@ -111,3 +112,23 @@ def test_stale_temp_files_of_dead_writers_are_removed_and_others_kept(tmp_path: 
         os.utime(path, (an_hour_ago, an_hour_ago))
     assert store.remove_stale_temp_files("toy") == [old_dead]
     assert sorted(folder.iterdir()) == sorted([old_alive, young_dead])
+
+
+def test_the_first_claim_marks_the_root_and_later_claims_read_only_the_marker(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path / "root")
+    store.claim_spec("a" * 16, '{"n_operators": 8}')
+    assert json.loads((tmp_path / "root" / "spec.json").read_text())["spec_hash"] == "a" * 16
+    store.claim_spec("a" * 16, '{"n_operators": 8}')  # same spec: fine
+    with pytest.raises(SpecMismatchError, match="a{16}.*b{16}"):
+        store.claim_spec("b" * 16, "{}")
+
+
+def test_a_root_written_before_markers_is_scanned_once_then_marked(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path)
+    store.write("toy", "ops-000000-000003", shard_arrays(4), shard_attrs(0, 4, asset="toy"))
+    spec_hash = store.read_header("toy", "ops-000000-000003").attrs["spec_hash"]
+    with pytest.raises(SpecMismatchError):
+        store.claim_spec("another", "{}")
+    assert not (tmp_path / "spec.json").exists()
+    store.claim_spec(spec_hash, "{}")
+    assert json.loads((tmp_path / "spec.json").read_text())["spec_hash"] == spec_hash

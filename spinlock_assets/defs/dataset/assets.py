@@ -10,9 +10,9 @@ from spinlock_assets.storage import (
     DATASET_FILE,
     FIXED_SOURCES,
     SCHEMA_VERSION,
-    build_consolidated_dataset,
     family_source,
     file_sha256,
+    update_consolidated_dataset,
 )
 
 from ..constants import DATASET_GROUP, OWNERS
@@ -24,8 +24,8 @@ __all__ = ["build_dataset_asset"]
 def build_dataset_asset(
     shard_assets: Sequence[dg.AssetsDefinition], families: Sequence[FeatureFamily]
 ) -> dg.AssetsDefinition:
-    """``dataset`` depends on every partition of every shard asset; it never copies data, so rebuilding
-    it is cheap and touches no shard file."""
+    """``dataset`` depends on every partition of every shard asset; it never copies data, and each update
+    reads only the shard files that changed since the last one (``update_consolidated_dataset``)."""
     deps = [
         dg.AssetDep(key, partition_mapping=dg.AllPartitionMapping())
         for assets_def in shard_assets
@@ -49,13 +49,12 @@ def build_dataset_asset(
         candidates = [*FIXED_SOURCES, *(family_source(f.name, [a.name for a in f.arrays]) for f in families)]
         # A family never materialized has no place in the file yet; a partly materialized one is masked.
         sources = [source for source in candidates if dataset.store.shard_keys(source.asset)]
-        path = build_consolidated_dataset(
+        consolidation = update_consolidated_dataset(
             dataset.store,
             dataset.store.root / DATASET_FILE,
             n_operators=spec.n_operators,
             shard_keys=[shard.key for shard in shard_ranges(spec.n_operators, spec.shard_size)],
             sources=sources,
-            overwrite=True,
             root_attrs={
                 "schema_version": SCHEMA_VERSION,
                 "spec_json": spec.to_json(),
@@ -63,13 +62,14 @@ def build_dataset_asset(
                 "n_operators": spec.n_operators,
             },
         )
-        present = {source.asset: len(dataset.store.shard_keys(source.asset)) for source in sources}
         return dg.MaterializeResult(
             metadata={
-                "path": dg.MetadataValue.path(str(path)),
-                "sha256": file_sha256(path),
+                "path": dg.MetadataValue.path(str(consolidation.path)),
+                "sha256": file_sha256(consolidation.path),
                 "n_operators": spec.n_operators,
-                "shards_present": dg.MetadataValue.json(present),
+                "shard_files": consolidation.shards_present,
+                # files described afresh; every other row was kept from the previous dataset.h5
+                "shard_files_read": consolidation.shards_read,
             }
         )
 
