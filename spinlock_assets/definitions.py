@@ -23,9 +23,8 @@ from .defs.io_manager import IO_MANAGER_KEY, HDF5ShardIOManager
 from .defs.jobs import build_jobs
 from .defs.partitions import shard_partitions
 from .defs.resources import DatasetResource, RolloutResource
-from .defs.verification import build_checks, build_verification_schedule
+from .defs.verification import build_checks, build_verification_schedule, build_verify_now_job
 from .defs.verification.checks import integrity_check_key
-from .defs.verification.schedules import build_verification_job
 
 __all__ = ["build_definitions", "defs"]
 
@@ -47,13 +46,13 @@ def build_definitions(
     dataset_asset = build_dataset_asset([*generation, *features], families)
     shard_assets = [key.path[-1] for assets_def in (*generation, *features) for key in assets_def.keys]
     generation_assets = [key.path[-1] for assets_def in generation for key in assets_def.keys]
-    verification_job = build_verification_job(generation_assets)
+    verify_now = build_verify_now_job(shard_assets)
     dataset = DatasetResource(spec_json=spec.to_json(), data_root=str(Path(data_root).absolute()))
     return dg.Definitions(
         assets=[*generation, *features, dataset_asset],
         asset_checks=build_checks(partitions, shard_assets),
-        jobs=[*build_jobs([integrity_check_key(a) for a in generation_assets]), verification_job],
-        schedules=[build_verification_schedule(verification_job, partitions, generation_assets)],
+        jobs=[*build_jobs([integrity_check_key(a) for a in generation_assets]), verify_now],
+        schedules=[build_verification_schedule(verify_now)],
         # One process per run: a step process would re-import torch (seconds) for a few seconds of work.
         # Shards are the unit of parallelism: backfills run one run per shard, concurrently.
         executor=dg.in_process_executor,

@@ -10,12 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 
+from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.core.spec import DatasetSpec
 from spinlock_assets.defs.constants import DATA_ROOT_ENV_VAR, SPEC_ENV_VAR
 from spinlock_assets.defs.verification.checks import REPLAY_CHECK
@@ -120,22 +121,13 @@ def error_text(result) -> str:
     return "\n".join(texts)
 
 
-def replay_window(operators: int, rotation: int = 0) -> dict:
-    """Run config for the replay check: ``operators`` consecutive operators per shard."""
-    config = {"operators_per_shard": operators, "rotation": rotation}
-    return {"ops": {f"base_features_{REPLAY_CHECK}": {"config": config}}}
-
-
-def run_checks(
-    defs: dg.Definitions, instance, partition_key: str, check_keys: Iterable, run_config=None
-) -> dict:
-    """Run only the given asset checks on one shard (a check-only run, as the verification schedule
-    launches); return their evaluations by ``(asset, check name)``."""
-    job = defs.resolve_job_def("verify_shards").get_subset(
-        asset_selection=set(), asset_check_selection=set(check_keys)
-    )
-    result = job.execute_in_process(
-        partition_key=partition_key, instance=instance, run_config=run_config, raise_on_error=False
+def run_checks(defs: dg.Definitions, instance, partition_key: str) -> dict:
+    """Every check of one shard, every operator replayed, through the ``verify_now`` job (what a user
+    launches from the UI); return the recorded evaluations by ``(asset, check name)``."""
+    shard = parse_shard_key(partition_key)
+    config = {"shards": [partition_key], "operator_budget": len(shard)}
+    result = defs.resolve_job_def("verify_now").execute_in_process(
+        instance=instance, run_config={"ops": {"verify_sample": {"config": config}}}, raise_on_error=False
     )
     return {(e.asset_key.path[-1], e.asset_check_key.name): e for e in result.get_asset_check_evaluations()}
 

@@ -24,7 +24,6 @@ from spinlock_assets_tests.defs.helpers import SHARDS, materialize, tiny_definit
 from spinlock_assets_tests.faults.helpers import (
     error_text,
     flip_bytes_in_chunk,
-    integrity_key,
     run_checks,
     shard_file,
     tree_sha256,
@@ -77,8 +76,7 @@ def test_damaged_shard_is_refused_by_the_reader_the_io_manager_and_the_integrity
     assert not result.success
     assert error.__name__ in error_text(result) and str(damaged) in error_text(result)
 
-    evaluation = run_checks(defs, instance, SHARD, [integrity_key("initial_conditions")])
-    evaluation = evaluation[("initial_conditions", "shard_file_intact")]
+    evaluation = run_checks(defs, instance, SHARD)[("initial_conditions", "shard_file_intact")]
     assert not evaluation.passed
     assert str(damaged) in str(evaluation.metadata["problems"].value)
     assert tree_sha256(data_root) == before  # detection wrote nothing, the old base_features shard included

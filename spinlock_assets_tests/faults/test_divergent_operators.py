@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import dagster as dg
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ from spinlock_assets.core.features.base import SERIES_FIELDS
 from spinlock_assets.core.generation import generate_initial_conditions, operator_parameters, operator_records
 from spinlock_assets.core.rollout import run_rollout
 from spinlock_assets.core.verification import classify, verify
+from spinlock_assets.defs.verification.checks import REPLAY_CHECK
 from spinlock_assets.storage import ShardStore
 from spinlock_assets.storage.operator_arrays import ic_digest
 from spinlock_assets_tests.conftest import tiny_spec
@@ -20,7 +22,6 @@ from spinlock_assets_tests.defs.helpers import SHARDS, tiny_definitions
 from spinlock_assets_tests.faults.helpers import (
     NONFINITE_KEY,
     REPLAY_KEY,
-    replay_window,
     rewrite_shard,
     shard_file,
     shard_records,
@@ -96,8 +97,10 @@ def test_materialization_counts_diverged_operators_and_its_checks_pass(data_root
     before = tree_sha256(data_root)
 
     defs = tiny_definitions(tiny_spec(), data_root)
-    job = defs.resolve_job_def("verify_shards")  # base_features and its (blocking) checks
-    result = job.execute_in_process(partition_key=SHARD, instance=instance, run_config=replay_window(4))
+    # base_features and its (blocking) checks, every operator of the shard replayed
+    job = defs.resolve_job_def("generate_shards").get_subset(asset_selection={dg.AssetKey("base_features")})
+    config = {"ops": {f"base_features_{REPLAY_CHECK}": {"config": {"operators_per_shard": 4}}}}
+    result = job.execute_in_process(partition_key=SHARD, instance=instance, run_config=config)
     assert result.success
     (event,) = result.get_asset_materialization_events()
     assert event.materialization.metadata["diverged_operators"].value == 1
