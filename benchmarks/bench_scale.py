@@ -1,0 +1,182 @@
+"""Scale figures at N = 1K and 10K operators (100K with ``--full``). Prints one table row per figure.
+
+    python benchmarks/bench_scale.py [--full] [--dagster-at 1000]
+
+Tiny spec (8x8 grid, C=1, T=4, M=1, 2 layers, width 16, kernel 3, shards of 32), as in issue #13.
+For each N: the generation done directly (``core`` + ``storage``, replay check included) in ms/operator,
+and through Dagster in-process, one run per shard, for N <= ``--dagster-at`` (runs launched, runs/s,
+ratio); a verification tick against an instance holding N/32 materialized shards (runs requested, ms);
+``dataset.h5`` full rebuild (manifests, no previous file) and update after one shard is rewritten;
+``open_dataset(...).operator(i)`` (median of 50 random i). Once: definitions load at N = 1M, peak RSS,
+load average. Ratios are measured in the same invocation; the machine is shared, so absolute times
+vary with the load printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from spinlock_assets.core.spec import DatasetSpec, ParameterSpace
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_orchestration import direct, through_dagster  # noqa: E402
+
+SHARD_SIZE = 32
+TINY_SPACE = ParameterSpace(widths=(16,), kernel_sizes=(3,), n_layers=(2, 2))
+
+
+def tiny_spec(n_operators: int) -> DatasetSpec:
+    return DatasetSpec(
+        name="scale",
+        root_seed=13,
+        n_operators=n_operators,
+        shard_size=SHARD_SIZE,
+        grid=(8, 8),
+        channels=1,
+        steps=4,
+        realizations=1,
+        parameter_space=TINY_SPACE,
+    )
+
+
+def row(what: str, n: int, figure: str) -> None:
+    print(f"| {what} | {n:,} | {figure} |", flush=True)
+
+
+def generation(spec: DatasetSpec, root: Path, with_dagster: bool) -> None:
+    seconds = direct(spec, root / "direct")
+    row(
+        "generation, direct",
+        spec.n_operators,
+        f"{seconds:.1f} s, {1000 * seconds / spec.n_operators:.2f} ms/op",
+    )
+    if with_dagster:
+        runs = spec.n_operators // spec.shard_size
+        through = through_dagster(spec, root / "dagster")
+        row(
+            "generation, Dagster in-process (one run per shard)",
+            spec.n_operators,
+            f"{through:.1f} s, {1000 * through / spec.n_operators:.2f} ms/op, {runs} runs, "
+            f"{runs / through:.2f} runs/s, ratio {through / seconds:.2f}",
+        )
+
+
+def verification_tick(spec: DatasetSpec, root: Path) -> None:
+    from spinlock_assets.definitions import build_definitions
+
+    defs = build_definitions(spec, root / "tick")
+    keys = defs.resolve_job_def("generate_shards").partitions_def.get_partition_keys()
+    schedule = defs.resolve_schedule_def("verify_replay_sample")
+    with dg.instance_for_test() as instance:
+        for key in keys:
+            instance.report_runless_asset_event(dg.AssetMaterialization("base_features", partition=key))
+        context = dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=datetime.datetime(2026, 12, 3, 3, tzinfo=datetime.timezone.utc),
+            repository_def=defs.get_repository_def(),
+        )
+        started = time.perf_counter()
+        requests = schedule.evaluate_tick(context).run_requests
+        seconds = time.perf_counter() - started
+    row(
+        "verification tick",
+        spec.n_operators,
+        f"{len(requests)} run(s), {1000 * seconds:.0f} ms ({len(keys)} shards)",
+    )
+
+
+def consolidation(spec: DatasetSpec, root: Path) -> None:
+    from spinlock_assets.storage import (
+        FIXED_SOURCES,
+        ShardStore,
+        build_consolidated_dataset,
+        open_dataset,
+        update_consolidated_dataset,
+    )
+
+    data = root / "direct"
+    store = ShardStore(data)
+    keys = [
+        f"ops-{start:06d}-{start + SHARD_SIZE - 1:06d}" for start in range(0, spec.n_operators, SHARD_SIZE)
+    ]
+    arguments = dict(
+        n_operators=spec.n_operators,
+        shard_keys=keys,
+        sources=FIXED_SOURCES,
+        root_attrs={"spec_hash": spec.spec_hash, "spec_json": spec.to_json()},
+    )
+    started = time.perf_counter()
+    build_consolidated_dataset(store, data / "dataset.h5", overwrite=True, **arguments)
+    full = time.perf_counter() - started
+    contents = store.read("base_features", keys[len(keys) // 2])  # rewrite one shard, as a re-materialization
+    store.write("base_features", contents.attrs["shard_key"], contents.arrays, contents.attrs, overwrite=True)
+    started = time.perf_counter()
+    update = update_consolidated_dataset(store, data / "dataset.h5", **arguments)
+    one = time.perf_counter() - started
+    files = 3 * len(keys)
+    row("dataset.h5 full rebuild", spec.n_operators, f"{full:.2f} s ({files:,} shard files)")
+    row(
+        "dataset.h5 update, one shard rewritten",
+        spec.n_operators,
+        f"{one:.2f} s ({update.shards_read} file read)",
+    )
+    rng = np.random.default_rng(0)
+    with open_dataset(data) as reader:
+        reader.operator(0)
+        latencies = []
+        for index in rng.integers(0, spec.n_operators, 50):
+            started = time.perf_counter()
+            reader.operator(int(index))
+            latencies.append(time.perf_counter() - started)
+    row(
+        "open_dataset(...).operator(i), median of 50",
+        spec.n_operators,
+        f"{1000 * statistics.median(latencies):.1f} ms",
+    )
+
+
+def definitions_load(n_operators: int) -> None:
+    from spinlock_assets.definitions import build_definitions
+
+    started = time.perf_counter()
+    defs = build_definitions(tiny_spec(n_operators), tempfile.mkdtemp())
+    defs.resolve_job_def("generate_shards")
+    row("definitions load (build + resolve a job)", n_operators, f"{time.perf_counter() - started:.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="also N = 100K (tens of minutes)")
+    parser.add_argument("--dagster-at", type=int, default=1_000, help="largest N run through Dagster too")
+    args = parser.parse_args()
+    print("| figure | N | value |\n|---|---|---|")
+    for n in (1_000, 10_000, *((100_000,) if args.full else ())):
+        n -= n % SHARD_SIZE  # whole shards: 992, 9,984, 99,968
+        spec = tiny_spec(n)
+        with tempfile.TemporaryDirectory() as directory:
+            root = Path(directory)
+            generation(spec, root, with_dagster=n <= args.dagster_at)
+            verification_tick(spec, root)
+            consolidation(spec, root)
+    definitions_load(1_000_000 - 1_000_000 % SHARD_SIZE)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row("peak RSS of this process", 0, f"{peak:.0f} MiB; load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
