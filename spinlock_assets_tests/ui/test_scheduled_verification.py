@@ -1,5 +1,6 @@
 """Workflow: the replay-verification schedule, found under Automation, stopped and started again, and
-one of its ticks launched from the UI; its check results then show on ``base_features`` → Checks."""
+one of its ticks launched from the UI (one verify_now run, whatever the number of shards); its check
+results then show on ``base_features`` → Checks, per shard."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from spinlock_assets.defs.verification.checks import REPLAY_CHECK
-from spinlock_assets.defs.verification.schedules import VERIFY_JOB
+from spinlock_assets.defs.verification.verify_now import VERIFY_JOB
 from spinlock_assets_tests.e2e.dagster_dev import DagsterDev, poll
 
 from .dagster_ui import nav_link, open_asset, run_ids_in_url, save_screenshot, wait_for_run
-from .server_setup import current_spec, schedule_status, shard_keys
+from .server_setup import schedule_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -36,7 +37,6 @@ def _toggle_schedule(page: Page, dev: DagsterDev, *, running: bool) -> None:
 
 def test_scheduled_replay_verification_from_the_ui(generated_dev: DagsterDev, page: Page) -> None:
     dev = generated_dev
-    shards = shard_keys(current_spec(dev))
 
     # Automation → verify_replay_sample: running by default; stop it, then start it again
     nav_link(page, "Automation").click()
@@ -46,32 +46,28 @@ def test_scheduled_replay_verification_from_the_ui(generated_dev: DagsterDev, pa
     _toggle_schedule(page, dev, running=False)
     _toggle_schedule(page, dev, running=True)
 
-    # Preview tick result → Continue: one check-only run request per generated shard → launch them
+    # Preview tick result → Continue: one verify_now run request, whatever the number of shards → launch it
     page.get_by_role("button", name=re.compile("Preview tick result$")).click()
     dialog = page.get_by_role("dialog").filter(has_text=f"Preview tick result for {SCHEDULE}")
     dialog.get_by_role("button", name="Continue").click()
-    expect(dialog.get_by_text(f"{len(shards)} run requests", exact=True)).to_be_visible(timeout=60_000)
+    expect(dialog.get_by_text("1 run request", exact=True)).to_be_visible(timeout=60_000)
     dialog.get_by_role("button", name=re.compile("Launch all & commit tick result$")).click()
 
-    # the UI moves to the runs list filtered to the launched runs, one per shard; each run's page
-    # (its link in the list) until it succeeds
+    # the UI moves to the runs list filtered to the launched run; its page until it succeeds
     expect(page).to_have_url(re.compile(r"/runs\?"), timeout=60_000)
     runs_list = page.url
     run_ids = run_ids_in_url(runs_list)
-    assert len(run_ids) == len(shards), runs_list
-    for key in shards:
-        expect(page.get_by_text(re.compile(rf"^partition: {key}\b"))).to_be_visible()
+    assert len(run_ids) == 1, runs_list
     for run_id in run_ids:
         page.get_by_role("link", name=re.compile(rf"{run_id[:8]}$")).first.click()
         wait_for_run(page, lambda run_id=run_id: dev.describe_run(run_id))
         page.go_back()
 
-    # base_features → Checks → the replay check → Execution history: each tick run passed
+    # base_features → Checks → the replay check → Execution history: the run's evaluations passed
     open_asset(page, "base_features")
     page.get_by_role("tab", name="Checks").click()
     page.get_by_text(REPLAY_CHECK, exact=True).first.click()
     page.get_by_role("tab", name="Execution history").click()
-    for run_id in run_ids:
-        execution = page.get_by_role("row").filter(has=page.locator(f'a[href^="/runs/{run_id}"]'))
-        expect(execution).to_contain_text("Passed")
+    execution = page.get_by_role("row").filter(has=page.locator(f'a[href^="/runs/{run_ids[0]}"]'))
+    expect(execution.first).to_contain_text("Passed")
     save_screenshot(page, "test_scheduled_replay_verification_from_the_ui")
