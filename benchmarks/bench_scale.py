@@ -150,6 +150,39 @@ def consolidation(spec: DatasetSpec, root: Path) -> None:
     )
 
 
+def synthetic_files(n_files: int, root: Path) -> DatasetSpec:
+    """A data root of ``n_files`` shard files: one real shard generated, its arrays written under every
+    key of a dataset of ``n_files / 3`` shards (operator_index set per shard, so reads find their rows).
+    Consolidation and lookups read files and manifests, never judge the values, so this measures them
+    at a file count whose real generation would take tens of minutes here."""
+    import dataclasses
+
+    from spinlock_assets.storage import ShardStore
+
+    spec = tiny_spec(SHARD_SIZE * (n_files // 3))
+    direct(tiny_spec(SHARD_SIZE), root / "one")
+    source, store = ShardStore(root / "one"), ShardStore(root / "direct")
+    first = f"ops-000000-{SHARD_SIZE - 1:06d}"
+    contents = {
+        asset: source.read(asset, first)
+        for asset in ("operator_parameters", "initial_conditions", "base_features")
+    }
+    for start in range(0, spec.n_operators, SHARD_SIZE):
+        key = f"ops-{start:06d}-{start + SHARD_SIZE - 1:06d}"
+        for asset, shard in contents.items():
+            arrays = dict(shard.arrays)
+            if "operator_index" in arrays:
+                index = np.arange(start, start + SHARD_SIZE, dtype=np.int64)
+                arrays["operator_index"] = dataclasses.replace(arrays["operator_index"], data=index)
+            located = {
+                k: v
+                for k, v in shard.attrs.items()
+                if k not in ("asset", "shard_key", "operator_start", "operator_stop")
+            }
+            store.write(asset, key, arrays, located, overwrite=True)
+    return spec
+
+
 def definitions_load(n_operators: int) -> None:
     from spinlock_assets.definitions import build_definitions
 
@@ -163,7 +196,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also N = 100K (tens of minutes)")
     parser.add_argument("--dagster-at", type=int, default=1_000, help="largest N run through Dagster too")
+    parser.add_argument(
+        "--files", type=int, help="only dataset.h5 and operator(i) over this many synthetic files"
+    )
     args = parser.parse_args()
+    if args.files:
+        with tempfile.TemporaryDirectory() as directory:
+            started = time.perf_counter()
+            spec = synthetic_files(args.files, Path(directory))
+            print(f"(wrote {args.files:,} synthetic shard files in {time.perf_counter() - started:.0f} s)")
+            print("| figure | N | value |\n|---|---|---|")
+            consolidation(spec, Path(directory))
+        return
     print("| figure | N | value |\n|---|---|---|")
     for n in (1_000, 10_000, *((100_000,) if args.full else ())):
         n -= n % SHARD_SIZE  # whole shards: 992, 9,984, 99,968

@@ -22,6 +22,7 @@ from spinlock_assets.defs.constants import DATA_ROOT_ENV_VAR, SPEC_ENV_VAR
 from spinlock_assets.defs.verification.checks import REPLAY_CHECK
 from spinlock_assets.storage import ShardStore
 from spinlock_assets.storage.atomic import parse_temp_name
+from spinlock_assets.storage.manifest import read_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPLAY_KEY = dg.AssetCheckKey(dg.AssetKey("base_features"), REPLAY_CHECK)
@@ -123,7 +124,16 @@ def error_text(result) -> str:
 
 def run_checks(defs: dg.Definitions, instance, partition_key: str) -> dict:
     """Every check of one shard, every operator replayed, through the ``verify_now`` job (what a user
-    launches from the UI); return the recorded evaluations by ``(asset, check name)``."""
+    launches from the UI); return the recorded evaluations by ``(asset, check name)``. The shard's
+    generation files are first recorded as materialized in ``instance``, with the sha256 their manifests
+    kept from when they were written (verify_now checks only what was materialized)."""
+    store = ShardStore(defs.resources["dataset"].data_root)
+    for asset in ("operator_parameters", "initial_conditions", "base_features"):
+        recorded = read_manifest(store.path(asset, partition_key))
+        metadata = {"sha256": recorded.sha256} if recorded else {}
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset, partition=partition_key, metadata=metadata)
+        )
     shard = parse_shard_key(partition_key)
     config = {"shards": [partition_key], "operator_budget": len(shard)}
     result = defs.resolve_job_def("verify_now").execute_in_process(
