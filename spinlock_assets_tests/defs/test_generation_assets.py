@@ -27,7 +27,9 @@ def test_each_generation_asset_writes_one_file_per_shard_at_its_exact_path(tmp_p
     assert result.success
     for asset in GENERATION:
         assert (tmp_path / asset / "ops-000004-000007.h5").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(GENERATION)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*GENERATION, "spec.json"]
+    )  # + the spec marker
     contents = ShardStore(tmp_path).read("operator_parameters", SHARDS[1])
     assert list(contents.arrays["operator_index"].data) == [4, 5, 6, 7]
     assert contents.attrs["spec_hash"] == tiny_spec().spec_hash
