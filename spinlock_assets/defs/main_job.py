@@ -80,14 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-    from spinlock_assets.definitions import defs
-    from spinlock_assets.defs.constants import FEATURES_GROUP
+    from spinlock_assets.core.spec import DEFAULT_SPEC_PATH, load_spec
+    from spinlock_assets.definitions import build_definitions
+    from spinlock_assets.defs.constants import (
+        DATA_ROOT_ENV_VAR,
+        DEFAULT_DATA_ROOT,
+        FEATURES_GROUP,
+        SPEC_ENV_VAR,
+    )
     from spinlock_assets.defs.jobs import DATASET_JOB, FEATURES_JOB, GENERATION_JOB
     from spinlock_assets.defs.resources import DatasetResource
     from spinlock_assets.storage.layout import BASE_FEATURES_ASSET, DATASET_FILE
 
+    # Built here from the environment as it is now (--grow-to may have just changed the spec), not taken
+    # from the module-level definitions, which an earlier import may have built from another spec.
+    spec = load_spec(os.environ.get(SPEC_ENV_VAR) or DEFAULT_SPEC_PATH)
+    defs = build_definitions(spec, os.environ.get(DATA_ROOT_ENV_VAR) or DEFAULT_DATA_ROOT)
     dataset: DatasetResource = defs.resources["dataset"]
-    spec = dataset.spec
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         generation = defs.resolve_job_def(GENERATION_JOB)
