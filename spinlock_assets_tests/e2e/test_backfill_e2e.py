@@ -96,10 +96,11 @@ def test_backfill_generates_every_shard_and_a_dataset_that_replays_exactly(serve
     runs = server.backfill(backfill_id)["runs"]
     assert runs and all(run["status"] == "SUCCESS" for run in runs), server.describe_backfill(backfill_id)
 
-    # 2. exactly one published file per (asset, shard), at <data>/<asset>/<shard>.h5, no temp files
+    # 2. exactly one published file per (asset, shard), at <data>/<asset>/<shard>.h5, with its manifest
+    # <shard>.json, no temp files
     for asset in GENERATION_ASSETS:
         files = sorted(path.name for path in (server.data_root / asset).iterdir())
-        assert files == [f"{key}.h5" for key in SHARD_KEYS], asset
+        assert files == sorted(f"{key}{suffix}" for key in SHARD_KEYS for suffix in (".h5", ".json")), asset
 
     # 3. the unpartitioned dataset asset, launched as a run of its job, gives a plain-h5py dataset.h5
     run_id = server.launch_run(DATASET_JOB, ["dataset"])
