@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import PrivateAttr
 
+from spinlock_assets.core.progress import Progress
 from spinlock_assets.core.spec import DatasetSpec
 from spinlock_assets.storage import ShardStore, SpecMismatchError, StorageError
-
-from .progress import ProgressLog
 
 if TYPE_CHECKING:
     from spinlock_assets.core.record import OperatorRecord
@@ -61,6 +60,10 @@ class DatasetResource(dg.ConfigurableResource):
                 break  # one readable shard per asset decides
 
 
+def _silent(line: str) -> None:
+    """Progress sink when no log is given."""
+
+
 class RolloutResource(dg.ConfigurableResource):
     """The seeded rollout engine. Generation and replay both run through ``roll_out`` here, on one device,
     with deterministic flags set and the allocator tuned (see ``core.allocator``)."""
@@ -106,13 +109,14 @@ class RolloutResource(dg.ConfigurableResource):
         """Yield one :class:`RolloutRecord` per record, logging progress (done/total, rate, ETA)."""
         from spinlock_assets.core.generation import roll_out
 
-        yield from roll_out(
-            records,
-            device=self.device,
-            keep_trajectories=keep_trajectories,
-            progress=ProgressLog(log),
-            build_operator=self.build_operator,
-        )
+        with Progress(emit=log.info if log is not None else _silent) as progress:
+            yield from roll_out(
+                records,
+                device=self.device,
+                keep_trajectories=keep_trajectories,
+                progress=progress,
+                build_operator=self.build_operator,
+            )
 
     def verify(self, records: list[OperatorRecord], *, log: Any = None) -> list[Any]:
         """Replay ``records`` and classify each against its stored digests (``core.verification``)."""

@@ -30,8 +30,6 @@ from spinlock_assets.storage.layout import (
     FixedArray,
     Problem,
     family_source,
-    format_shard_key,
-    parse_shard_key,
 )
 from spinlock_assets.storage.shard_file import (
     ShardContents,
@@ -70,8 +68,6 @@ __all__ = [
     "FixedArray",
     "Problem",
     "family_source",
-    "format_shard_key",
-    "parse_shard_key",
     "ShardContents",
     "ShardFileInfo",
     "ShardHeader",

@@ -24,6 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.storage.arrays import ArrayInfo
 from spinlock_assets.storage.atomic import atomic_output
 from spinlock_assets.storage.errors import InconsistentShardsError, ShardArrayMissingError, ShardCorruptError
@@ -37,7 +38,6 @@ from spinlock_assets.storage.layout import (
     ConsolidatedSource,
     check_fixed_asset_arrays,
     encode_attr,
-    parse_shard_key,
 )
 from spinlock_assets.storage.store import ShardStore
 
@@ -100,7 +100,7 @@ def build_consolidated_dataset(
 def _check_shard_keys(n_operators: int, shard_keys: Sequence[str]) -> dict[str, tuple[int, int]]:
     if n_operators < 1:
         raise ValueError(f"n_operators: expected >= 1, got {n_operators}")
-    ranges = {key: parse_shard_key(key) for key in shard_keys}
+    ranges = {key: parse_shard_key(key).bounds for key in shard_keys}
     expected_start = 0
     for key, (start, stop) in sorted(ranges.items(), key=lambda item: item[1]):
         if start != expected_start or stop > n_operators:

@@ -19,6 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.storage.arrays import ArrayInfo, StoredArray, check_stored_array, read_array, write_array
 from spinlock_assets.storage.atomic import atomic_output
 from spinlock_assets.storage.errors import (
@@ -36,7 +37,6 @@ from spinlock_assets.storage.layout import (
     check_array_attrs,
     decode_attr,
     encode_attr,
-    parse_shard_key,
 )
 
 __all__ = [
@@ -169,7 +169,7 @@ def _complete_file_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(given[key], (int, np.integer)) or isinstance(given[key], bool):
             raise ValueError(f"file attribute {key!r}: expected an int, got {given[key]!r}")
         given[key] = int(given[key])
-    key_range = parse_shard_key(str(given["shard_key"]))
+    key_range = parse_shard_key(str(given["shard_key"])).bounds
     if key_range != (given["operator_start"], given["operator_stop"]):
         raise ValueError(
             f"file attributes operator_start/operator_stop: expected {key_range} from shard key "
@@ -232,7 +232,7 @@ def check_shard_header(header: ShardHeader) -> list[Problem]:
         ]
     problems = []
     try:
-        key_range = parse_shard_key(str(attrs["shard_key"]))
+        key_range = parse_shard_key(str(attrs["shard_key"])).bounds
     except ValueError as exc:
         key_range = None
         problems.append(Problem(where, f"@shard_key: {exc}"))

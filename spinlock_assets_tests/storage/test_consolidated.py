@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
+from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.storage import (
     FIXED_SOURCES,
     ConsolidatedSource,
@@ -25,7 +26,6 @@ from spinlock_assets.storage import (
     SpecMismatchError,
     build_consolidated_dataset,
     family_source,
-    parse_shard_key,
     validate_dataset_file,
 )
 from spinlock_assets.storage.testing import write_tiny_dataset
@@ -58,7 +58,7 @@ def _write_toy_family(root: Path, versions: dict[str, str]) -> None:
     """Shards of asset ``toy_features`` (arrays series, summary...) for the tiny dataset's spec."""
     spec = {key: str(value) for key, value in _root_attrs(root / "dataset.h5").items()}
     for key, version in versions.items():
-        start, stop = parse_shard_key(key)
+        start, stop = parse_shard_key(key).bounds
         attrs = shard_attrs(start, stop, asset="toy_features", **spec)
         ShardStore(root).write("toy_features", key, shard_arrays(4, version=version), attrs)
 

@@ -10,13 +10,13 @@ from collections.abc import Sequence
 import dagster as dg
 
 from spinlock_assets.core.features.family import FeatureFamily, Needs
+from spinlock_assets.core.progress import Progress
 from spinlock_assets.figures import plots
 from spinlock_assets.storage.layout import GENERATION_ASSETS
 from spinlock_assets.storage.operator_arrays import ENGINE_VERSION, family_arrays
 
 from ..constants import FEATURES_GROUP, OWNERS
 from ..io_manager import IO_MANAGER_KEY, ShardOutput
-from ..progress import ProgressLog
 from ..resources import DatasetResource, RolloutResource
 from ..shard_assets import load_records, preview
 
@@ -86,13 +86,14 @@ def build_feature_assets(
         selected = [by_asset[key.path[-1]] for key in sorted(context.selected_asset_keys)]
         records = load_records(dataset, operator_parameters, initial_conditions, base_features)
         fingerprint = rollout.fingerprint()
-        extraction = extract_families(
-            records,
-            selected,
-            build_operator=rollout.build_operator,
-            same_fingerprint=same_fingerprint(records[0].fingerprint, fingerprint),
-            progress=ProgressLog(context.log),
-        )
+        with Progress(emit=context.log.info) as progress:
+            extraction = extract_families(
+                records,
+                selected,
+                build_operator=rollout.build_operator,
+                same_fingerprint=same_fingerprint(records[0].fingerprint, fingerprint),
+                progress=progress,
+            )
         statuses = [v.status for v in extraction.verifications]
         for family in selected:
             source = "derived" if family.needs is Needs.BASE_SERIES else "replay"
