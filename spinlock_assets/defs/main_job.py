@@ -50,10 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     from spinlock_assets.definitions import defs
     from spinlock_assets.defs.jobs import DATASET_JOB, GENERATION_JOB
     from spinlock_assets.defs.resources import DatasetResource
-    from spinlock_assets.storage.layout import BASE_FEATURES_ASSET, DATASET_FILE
+    from spinlock_assets.storage.layout import BASE_FEATURES_ASSET, DATASET_FILE, GENERATION_ASSETS
 
     dataset: DatasetResource = defs.resources["dataset"]
     spec = dataset.spec
+    # Temporary files of writers killed in an earlier run (never those of a live writer: see ShardStore).
+    stale = [path for asset in GENERATION_ASSETS for path in dataset.store.remove_stale_temp_files(asset)]
+    if stale:
+        print(f"removed {len(stale)} temporary files left by killed writers")
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         done = instance.get_materialized_partitions(dg.AssetKey(BASE_FEATURES_ASSET))

@@ -16,7 +16,6 @@ from spinlock_assets.core.parameters import PARAMETER_NAMES, map_parameters
 from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.core.spec import SpecError, load_spec
 from spinlock_assets.definitions import _spec_from_environment
-from spinlock_assets.defs.partitions import operator_range
 from spinlock_assets.storage import ShardStore
 from spinlock_assets_tests.conftest import tiny_spec
 from spinlock_assets_tests.defs.helpers import GENERATION, materialize, tiny_definitions
@@ -119,7 +118,7 @@ def test_unknown_feature_family_is_refused_listing_the_known_ones():
     ],
 )
 def test_invalid_partition_key_is_refused_showing_the_expected_form(tmp_path, key, expected):
-    for use in (parse_shard_key, operator_range, lambda k: ShardStore(tmp_path).path("base_features", k)):
+    for use in (parse_shard_key, lambda k: ShardStore(tmp_path).path("base_features", k)):
         with pytest.raises(ValueError, match=expected):
             use(key)
     assert list(tmp_path.iterdir()) == []
