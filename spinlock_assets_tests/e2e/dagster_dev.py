@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import dagster as dg
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
-from gql import gql
+from gql import Client, gql
 from gql.transport.exceptions import TransportError
 from gql.transport.requests import RequestsHTTPTransport
 
@@ -361,10 +361,13 @@ class DagsterDev:
     # -- GraphQL and the instance ------------------------------------------------------------------
 
     @functools.cached_property
+    def _transport(self) -> RequestsHTTPTransport:
+        return RequestsHTTPTransport(url=f"{self.url}/graphql", use_json=True, timeout=60)
+
+    @functools.cached_property
     def client(self) -> DagsterGraphQLClient:
         """``dagster-graphql``'s client for this server (launches runs, reloads the code location)."""
-        transport = RequestsHTTPTransport(url=f"{self.url}/graphql", use_json=True, timeout=60)
-        return DagsterGraphQLClient(HOST, port_number=self.port, transport=transport)
+        return DagsterGraphQLClient(HOST, port_number=self.port, transport=self._transport)
 
     @property
     def instance(self) -> dg.DagsterInstance:
@@ -375,8 +378,10 @@ class DagsterDev:
 
     def graphql(self, query: str, variables: Mapping[str, Any] | None = None) -> dict:
         """Execute ``query`` on the server; the ``data`` of the answer, ``DagsterDevError`` on any error."""
+        request = gql(query)
+        request.variable_values = dict(variables or {})
         try:
-            return self.client._client.execute(gql(query), variable_values=dict(variables or {}))
+            return Client(transport=self._transport).execute(request)
         except (TransportError, OSError) as error:
             raise DagsterDevError(f"GraphQL: {error}") from error
 
