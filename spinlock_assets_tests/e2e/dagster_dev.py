@@ -424,14 +424,13 @@ class DagsterDev:
         """Poll the backfill until it finishes; its final status (``COMPLETED_SUCCESS`` when all went
         well). ``TimeoutError`` with :meth:`describe_backfill` after ``timeout``."""
 
-        def finished() -> str | None:
-            status = self.backfill(backfill_id)["status"]
-            return status if status in BACKFILL_DONE else None
-
-        try:
-            return poll(finished, timeout=timeout, what=f"backfill {backfill_id}", interval=1.0)
-        except TimeoutError as error:
-            raise TimeoutError(f"{error}\n{self.describe_backfill(backfill_id)}") from None
+        return _wait_until_done(
+            lambda: self.backfill(backfill_id)["status"],
+            BACKFILL_DONE,
+            what=f"backfill {backfill_id}",
+            describe=lambda: self.describe_backfill(backfill_id),
+            timeout=timeout,
+        )
 
     def describe_backfill(self, backfill_id: str) -> str:
         """Backfill status, each run's status, the errors of failed runs and the dev log tail."""
@@ -480,14 +479,13 @@ class DagsterDev:
     def wait_run(self, run_id: str, timeout: float = 300) -> str:
         """Poll the run until it finishes; its final status (``SUCCESS``, ``FAILURE``, ``CANCELED``)."""
 
-        def finished() -> str | None:
-            status = self.run(run_id)["status"]
-            return status if status in RUN_DONE else None
-
-        try:
-            return poll(finished, timeout=timeout, what=f"run {run_id}", interval=1.0)
-        except TimeoutError as error:
-            raise TimeoutError(f"{error}\n{self.describe_run(run_id)}") from None
+        return _wait_until_done(
+            lambda: self.run(run_id)["status"],
+            RUN_DONE,
+            what=f"run {run_id}",
+            describe=lambda: self.describe_run(run_id),
+            timeout=timeout,
+        )
 
     def run_failures(self, run_id: str) -> list[str]:
         """The error messages (with the last stack line) of a run's failure events."""
@@ -530,6 +528,16 @@ class DagsterDev:
             )
             for record in records
         ]
+
+
+def _wait_until_done(
+    status: Callable[[], str], done: frozenset[str], *, what: str, describe: Callable[[], str], timeout: float
+) -> str:
+    """Poll ``status`` until it is one of ``done``; ``TimeoutError`` with ``describe()`` after ``timeout``."""
+    try:
+        return poll(lambda: value if (value := status()) in done else None, timeout=timeout, what=what)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}\n{describe()}") from None
 
 
 def _run_summary(run: dg.DagsterRun) -> dict:
