@@ -99,13 +99,13 @@ def test_digest_independent_of_thread_count_at_64x64_for_a_small_operator():
 def test_pool_workers_compute_on_one_intra_op_thread():
     """Each realization's arithmetic must be the same single-threaded sequence whatever torch's thread count:
     a worker that inherited 2 intra-op threads would silently split its ops (an earlier engine did)."""
-    from spinlock_assets.core.rollout import _submit_for_result, _worker_pool
+    from spinlock_assets.core.lanes import submit_for_result, worker_pool
 
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        pool = _worker_pool(2)
-        counts = [_submit_for_result(pool, torch.get_num_threads) for _ in range(8)]
+        pool = worker_pool(2)
+        counts = [submit_for_result(pool, torch.get_num_threads) for _ in range(8)]
         assert [future.result(timeout=10) for future in counts] == [1] * 8
         assert torch.get_num_threads() == 2  # the caller's own count is left as it was
     finally:
