@@ -23,11 +23,19 @@ construction, provided every op of a step is per-sample invariant:
 - noise: realization m draws each hidden layer's noise ``[width, H, W]`` from its own generator into its
   own slot, in the same order as ``GeneratorNoise`` (per step, per hidden layer): the same numbers.
 
+Threads: the step's ops run on the calling thread with torch's intra-op threads (oneDNN convolution bits
+do not depend on the thread count; the other ops are per element or per (sample, channel) row). Only the
+noise cannot use them: ``normal_`` with a generator is single-threaded, and the draws were a third of a
+small operator's step. So each step starts by drawing the realizations' noise in ``torch.get_num_threads()``
+shares at once, one on the calling thread and the others on the lanes' worker pool (:mod:`.lanes`); who
+draws a realization's noise changes nothing, since its numbers come from its own generator.
+
 Tests prove each of these with bits, for every layer shape the default parameter space allows.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -35,6 +43,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .lanes import rollout_workers, submit_for_result, worker_pool
 from .operator import StochasticCNN, conv_layer
 
 __all__ = [
@@ -144,6 +153,10 @@ class BatchedSteps:
         self.noise = [
             torch.zeros((self.slots, w.shape[0], height, width), device=device) for w in weights[:-1]
         ]
+        # Realizations whose noise each thread draws: share 0 on the calling thread, the rest on workers.
+        shares = max(rollout_workers(self.n_realizations, device), 1)
+        self.noise_shares = [range(k, self.n_realizations, shares) for k in range(shares)]
+        self.pool = worker_pool(shares - 1) if shares > 1 else None
         last = len(weights) - 1
         self.batched = [
             batch_invariant(
@@ -160,13 +173,25 @@ class BatchedSteps:
 
     def advance(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """One step of every realization: slots ``x`` ``[S, C, H, W]`` -> ``out`` (same shape)."""
-        for layer_noise in self.noise:  # per realization: layer 0, 1, ... as GeneratorNoise draws them
-            for m, generator in enumerate(self.generators):
-                layer_noise[m].normal_(generator=generator)
+        if self.noise:
+            drawn = [
+                submit_for_result(self.pool, functools.partial(self._draw, share))
+                for share in self.noise_shares[1:]
+            ]
+            self._draw(self.noise_shares[0])
+            for future in drawn:
+                future.result()
         operator = self.operator
         o = operator.apply(x, lambda layer, like: self.noise[layer], convolve=self._convolve)
         operator.update(x, o, out=out)
         out[self.n_realizations :] = 0
+
+    def _draw(self, realizations: range) -> None:
+        """This step's noise of ``realizations``: per realization, layer 0, 1, ... as ``GeneratorNoise``
+        draws them."""
+        for m in realizations:
+            for layer_noise in self.noise:
+                layer_noise[m].normal_(generator=self.generators[m])
 
     def _convolve(self, layer: int, padded: torch.Tensor) -> torch.Tensor:
         """Convolution ``layer`` of the padded slots ``[S, in, H+k-1, W+k-1]``, chunk by chunk of the

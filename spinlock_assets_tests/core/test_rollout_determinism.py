@@ -81,7 +81,7 @@ def test_digest_independent_of_thread_count(spec):
 
 def test_digest_independent_of_thread_count_at_64x64_for_a_small_operator():
     """The shape where oneDNN changes algorithm with the batch size (3 -> 16 channels, 3x3, 64x64), at
-    the engine's full M: 1 thread (steps on the calling thread) vs 2 (steps on the worker pool)."""
+    the engine's full M: 1 intra-op thread vs 2 (and noise drawn on 1 thread vs shared with a worker)."""
     hp = OperatorHyperparameters(2, 16, 3, "tanh", 0.05, 1.0, "autoregressive", None, None, "blobs", 0.5)
     operator = build_operator(hp, channels=3, weight_seed=2)
     ic = np.random.default_rng(1).standard_normal((3, 64, 64)).astype(np.float32)
