@@ -173,18 +173,23 @@ class BatchedSteps:
 
     def advance(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """One step of every realization: slots ``x`` ``[S, C, H, W]`` -> ``out`` (same shape)."""
-        if self.noise:
-            drawn = [
-                submit_for_result(self.pool, functools.partial(self._draw, share))
-                for share in self.noise_shares[1:]
-            ]
-            self._draw(self.noise_shares[0])
-            for future in drawn:
-                future.result()
+        self.draw_noise()
         operator = self.operator
         o = operator.apply(x, lambda layer, like: self.noise[layer], convolve=self._convolve)
         operator.update(x, o, out=out)
         out[self.n_realizations :] = 0
+
+    def draw_noise(self) -> None:
+        """Fill this step's noise buffers: the realizations' shares at once, one on the calling thread."""
+        if not self.noise:
+            return
+        drawn = [
+            submit_for_result(self.pool, functools.partial(self._draw, share))
+            for share in self.noise_shares[1:]
+        ]
+        self._draw(self.noise_shares[0])
+        for future in drawn:
+            future.result()
 
     def _draw(self, realizations: range) -> None:
         """This step's noise of ``realizations``: per realization, layer 0, 1, ... as ``GeneratorNoise``
