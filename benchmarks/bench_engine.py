@@ -36,6 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: _common is a sibling
 
+# Before torch: the package sets torch's OpenMP wait policy, which is read once, when torch loads.
+import spinlock_assets.core  # noqa: E402, F401, I001
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from _common import (  # noqa: E402

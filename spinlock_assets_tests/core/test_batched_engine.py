@@ -269,3 +269,16 @@ def test_a_shape_that_fails_the_check_runs_batch_1_and_is_named_in_the_fingerpri
     after = execution_fingerprint()
     assert after["formulation"] == f"batched-{CANONICAL_BATCH};batch-1 3>16 k3 16x16"
     assert fingerprint_id(after) != fingerprint_id(before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_stays_on_the_per_realization_formulation():
+    """CUDA rollouts step each realization alone (batching there needs batch-invariant kernels, not built);
+    the batched formulation is refused rather than run with unproven bits."""
+    operator = build_operator(SMALL, channels=3, weight_seed=1, device="cuda")
+    ic = _ic(3, 16)
+    assert execution_fingerprint("cuda")["formulation"] == "per_realization"
+    full = run_rollout(operator, ic, steps=3, noise_seeds=[1, 2, 3])
+    assert run_rollout(operator, ic, steps=3, noise_seeds=[2]).digests[0] == full.digests[1]
+    with pytest.raises(ValueError, match="CPU-only"):
+        run_rollout(operator, ic, steps=3, noise_seeds=[1], formulation="batched")
