@@ -9,9 +9,7 @@ At a 64x64 grid, C=3, M=5, in one process, every measure of an operator interlea
 1. Generation throughput: ``run_rollout`` (inline F0 + digests, what generation and replay run) with
    ``formulation="batched"`` (this engine) and ``"per_realization"`` (the previous batch-1 engine on its
    worker lanes), over (i) operators 0..15 of the default space and (ii) its 4 smallest architectures;
-   ratio = total per-realization time / total batched time (targets 1.5 and 2). Also, for (ii), the batched
-   engine with every noise draw on the calling thread (``noise_shares`` collapsed): what the worker pool
-   still buys the batched engine.
+   ratio = total per-realization time / total batched time (targets 1.5 and 2).
 2. Conv efficiency: for (layers, width, kernel) = (2,16,3), (3,32,3), (2,64,5), (5,16,7), T=64, the
    convolution FLOPs of the generation rollout (M realizations, useful slots only) per second of it, divided
    by a same-process reference: a 2048^3 GEMM run as a 1x1 oneDNN convolution. Next to it, the ceilings
@@ -62,31 +60,12 @@ CONV_TARGETS = {(2, 16, 3): 0.16, (3, 32, 3): 0.53, (2, 64, 5): 0.75, (5, 16, 7)
 GEMM_SIZE = 2048
 
 
-def generation(case: Case, steps: int, formulation: str, *, noise_on_caller: bool = False) -> Callable:
-    """``run_rollout`` of ``case`` in ``formulation``; ``noise_on_caller`` draws every realization's noise on
-    the calling thread (the batched engine without its worker pool; same bits)."""
+def generation(case: Case, steps: int, formulation: str) -> Callable:
+    """``run_rollout`` of ``case`` in ``formulation``."""
     ic = torch.as_tensor(case.initial_condition)
-
-    def run() -> object:
-        if not noise_on_caller:
-            return run_rollout(
-                case.operator, ic, steps=steps, noise_seeds=case.noise_seeds, formulation=formulation
-            )
-        original = BatchedSteps.__init__
-
-        def one_share(self, *args, **kwargs) -> None:
-            original(self, *args, **kwargs)
-            self.noise_shares, self.pool = [range(self.n_realizations)], None
-
-        BatchedSteps.__init__ = one_share
-        try:
-            return run_rollout(
-                case.operator, ic, steps=steps, noise_seeds=case.noise_seeds, formulation=formulation
-            )
-        finally:
-            BatchedSteps.__init__ = original
-
-    return run
+    return lambda: run_rollout(
+        case.operator, ic, steps=steps, noise_seeds=case.noise_seeds, formulation=formulation
+    )
 
 
 def gemm_reference_gflops(repeats: int) -> float:
@@ -141,8 +120,6 @@ def throughput(sample: list[Case], small: list[Case], steps: int, repeats: int) 
     fns = {}
     for case in sample + small:
         fns[case.label] = {f: generation(case, steps, f) for f in ("batched", "per_realization")}
-    for case in small:
-        fns[case.label]["batched, noise on caller"] = generation(case, steps, "batched", noise_on_caller=True)
     medians = timed_medians(fns, repeats)
     print(f"{'operator':9} {'architecture':26} {'batched s':>10} {'batch-1 s':>10} {'ratio':>6}")
     for case in sample + small:
@@ -159,12 +136,6 @@ def throughput(sample: list[Case], small: list[Case], steps: int, repeats: int) 
             f"{name}: batched {batched:.3f} s, batch-1 {single:.3f} s, "
             f"throughput ratio {single / batched:.2f} (target {target})"
         )
-    caller = sum(medians[c.label]["batched, noise on caller"] for c in small)
-    shared = sum(medians[c.label]["batched"] for c in small)
-    print(
-        f"(ii) batched with all noise on the calling thread: {caller:.3f} s "
-        f"({caller / shared:.2f}x the time with noise shared over the worker pool)"
-    )
 
 
 def conv_efficiency(steps: int, repeats: int) -> None:

@@ -24,18 +24,15 @@ construction, provided every op of a step is per-sample invariant:
   own slot, in the same order as ``GeneratorNoise`` (per step, per hidden layer): the same numbers.
 
 Threads: the step's ops run on the calling thread with torch's intra-op threads (oneDNN convolution bits
-do not depend on the thread count; the other ops are per element or per (sample, channel) row). Only the
-noise cannot use them: ``normal_`` with a generator is single-threaded, and the draws were a third of a
-small operator's step. So each step starts by drawing the realizations' noise in ``torch.get_num_threads()``
-shares at once, one on the calling thread and the others on the lanes' worker pool (:mod:`.lanes`); who
-draws a realization's noise changes nothing, since its numbers come from its own generator.
-
-Tests prove each of these with bits, for every layer shape the default parameter space allows.
+do not depend on the thread count; the other ops are per element or per (sample, channel) row). The noise
+draws (``normal_`` with a generator is single-threaded) run there too, one realization after another:
+sharing them out over the lanes' worker pool was built and measured slower (the batched engine took 1.27x
+the time on the 4 smallest architectures with the pool; ``benchmarks/bench_engine.py``), since each step
+then waits for a worker that other processes may keep off the cores.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -43,7 +40,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .lanes import rollout_workers, submit_for_result, worker_pool
 from .operator import StochasticCNN, conv_layer
 
 __all__ = [
@@ -153,10 +149,6 @@ class BatchedSteps:
         self.noise = [
             torch.zeros((self.slots, w.shape[0], height, width), device=device) for w in weights[:-1]
         ]
-        # Realizations whose noise each thread draws: share 0 on the calling thread, the rest on workers.
-        shares = max(rollout_workers(self.n_realizations, device), 1)
-        self.noise_shares = [range(k, self.n_realizations, shares) for k in range(shares)]
-        self.pool = worker_pool(shares - 1) if shares > 1 else None
         last = len(weights) - 1
         self.batched = [
             batch_invariant(
@@ -180,23 +172,10 @@ class BatchedSteps:
         out[self.n_realizations :] = 0
 
     def draw_noise(self) -> None:
-        """Fill this step's noise buffers: the realizations' shares at once, one on the calling thread."""
-        if not self.noise:
-            return
-        drawn = [
-            submit_for_result(self.pool, functools.partial(self._draw, share))
-            for share in self.noise_shares[1:]
-        ]
-        self._draw(self.noise_shares[0])
-        for future in drawn:
-            future.result()
-
-    def _draw(self, realizations: range) -> None:
-        """This step's noise of ``realizations``: per realization, layer 0, 1, ... as ``GeneratorNoise``
-        draws them."""
-        for m in realizations:
+        """Fill this step's noise buffers: per realization, layer 0, 1, ... as ``GeneratorNoise`` does."""
+        for m, generator in enumerate(self.generators):
             for layer_noise in self.noise:
-                layer_noise[m].normal_(generator=self.generators[m])
+                layer_noise[m].normal_(generator=generator)
 
     def _convolve(self, layer: int, padded: torch.Tensor) -> torch.Tensor:
         """Convolution ``layer`` of the padded slots ``[S, in, H+k-1, W+k-1]``, chunk by chunk of the

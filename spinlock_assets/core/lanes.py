@@ -9,8 +9,8 @@ across realizations: ``min(M, torch.get_num_threads())`` workers step different 
 realization's steps strictly in order, up to ``LOOKAHEAD_STEPS`` steps ahead of the consumer.
 
 The batched formulation (:mod:`.batching`) replaced it as the CPU default; it stays selectable as the
-reference the batched engine is benchmarked against, and the worker pool also runs the batched engine's
-noise draws (see :mod:`.batching`).
+reference the batched engine is benchmarked against (and is what CUDA runs, on the calling thread). The
+batched engine does not use the pool (measured slower with it, see :mod:`.batching`).
 """
 
 from __future__ import annotations
