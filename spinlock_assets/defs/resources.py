@@ -119,11 +119,11 @@ class RolloutResource(dg.ConfigurableResource):
         )
 
     def verify(self, records: list[OperatorRecord], *, log: Any = None) -> list[Any]:
-        """Replay ``records`` and classify each against its stored digests (``core.verification``)."""
-        from spinlock_assets.core.verification import classify, same_fingerprint
+        """Replay ``records`` and verify each against what was stored (``verification.verify_records``)."""
+        from spinlock_assets.core.verification import verify_records
 
-        current = self.fingerprint()
-        return [
-            classify(record, rollout, same_fingerprint=same_fingerprint(record.fingerprint, current))
-            for record, rollout in zip(records, self.roll_out(records, log=log), strict=True)
-        ]
+        from .progress import ProgressLog
+
+        return verify_records(
+            records, device=self.device, build_operator=self.build_operator, progress=ProgressLog(log)
+        )

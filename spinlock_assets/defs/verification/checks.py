@@ -60,7 +60,7 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         import time
 
         from spinlock_assets.core.shards import parse_shard_key
-        from spinlock_assets.core.verification import rotating_sample
+        from spinlock_assets.core.verification import STATUSES, rotating_sample
 
         shard = parse_shard_key(context.partition_key)
         indices = rotating_sample(shard.start, shard.stop, config.operators_per_shard, config.rotation)
@@ -68,9 +68,11 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         results = rollout.verify(_shard_records(dataset, context.partition_key, indices), log=context.log)
         statuses = {
             status: [v.operator_index for v in results if v.status == status]
-            for status in ("exact", "within_tolerance", "diverged", "mismatch")
+            for status in STATUSES
         }
-        severity = dg.AssetCheckSeverity.ERROR if statuses["mismatch"] else dg.AssetCheckSeverity.WARN
+        # A reproducibility bug or edited data is an error; other numerics (another fingerprint) a warning.
+        errors = statuses["mismatch"] or statuses["tampered"]
+        severity = dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN
         return dg.AssetCheckResult(
             passed=all(v.ok for v in results),
             severity=severity,
@@ -81,6 +83,10 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
                 "within_tolerance": len(statuses["within_tolerance"]),
                 "diverged": dg.MetadataValue.json(statuses["diverged"]),
                 "mismatched": dg.MetadataValue.json(statuses["mismatch"]),
+                "tampered": dg.MetadataValue.json(statuses["tampered"]),
+                "fingerprint_changed": dg.MetadataValue.json(
+                    [v.operator_index for v in results if not v.same_fingerprint]
+                ),
                 "wall_seconds": round(time.perf_counter() - started, 3),
                 "rotation": config.rotation,
             },
@@ -92,16 +98,11 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
     ) -> dg.AssetCheckResult:
         """Base series are finite except for realizations flagged divergent (first_nonfinite_step >= 0), and
         those are NaN from that step on: NaN/Inf is counted and flagged, never hidden or patched."""
-        import numpy as np
-
-        from spinlock_assets.core.features.base import SERIES_FIELDS
+        from spinlock_assets.core.verification import unflagged_nonfinite_rows
 
         arrays = dataset.store.read("base_features", context.partition_key).arrays
-        series, first = arrays["series"].data, arrays["first_nonfinite_step"].data  # [n,M,T,C,K], [n,M]
-        has_nan = np.isnan(series[..., : SERIES_FIELDS.index("nonfinite_frac")]).any(axis=(3, 4))  # [n, M, T]
-        flagged_from = np.where(first < 0, series.shape[2], first)
-        before_flag = np.arange(series.shape[2]) < flagged_from[..., None]
-        bad = np.unique(np.nonzero(has_nan & before_flag)[0]).tolist()
+        first = arrays["first_nonfinite_step"].data
+        bad = unflagged_nonfinite_rows(arrays["series"].data, first)
         diverged = int((first >= 0).any(axis=1).sum())
         return dg.AssetCheckResult(
             passed=not bad,
