@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 import h5py
 import numpy as np
+from h5py import h5s
 
 from spinlock_assets.core.parameters import HYPERPARAMETER_FIELDS, PARAMETER_NAMES
 from spinlock_assets.core.seeds import operator_seeds
@@ -48,6 +49,7 @@ __all__ = [
     "check_shard_files",
     "check_spec",
     "shard_rows",
+    "structure_problems",
 ]
 
 _FIXED_NAMES = {row.path: row.name for row in FIXED_ARRAYS}
@@ -102,7 +104,7 @@ def check_links(handle: h5py.File) -> list[Problem]:
         elif isinstance(link, h5py.SoftLink):
             problems.append(Problem(f"/{name}", f"soft link to {link.path}; refused"))
 
-    handle.visit_links(visit)
+    handle.visititems_links(visit)
     return problems
 
 
@@ -231,10 +233,12 @@ def _check_dataset_mappings(dataset: h5py.Dataset, rows: Sequence[ShardRow]) -> 
                     f"says they are {row.relative_path}:/{expected_name}",
                 )
             )
-        shape = source.src_space.shape
-        src_first, src_last = source.src_space.get_select_bounds()
-        whole = shape[:1] == (stop - start,) and src_first[0] == 0 and src_last[0] == stop - start - 1
-        if not whole or source.src_space.get_select_npoints() != source.vspace.get_select_npoints():
+        # build_consolidated_dataset maps whole source files (an ALL selection), onto whole rows.
+        whole_rows = (stop - start) * int(np.prod(dataset.shape[1:], dtype=np.int64))
+        if (
+            source.src_space.get_select_type() != h5s.SEL_ALL
+            or source.vspace.get_select_npoints() != whole_rows
+        ):
             problems.append(
                 Problem(dataset.name, f"{where} do not map to all rows of {source.file_name}, in order")
             )
@@ -287,24 +291,29 @@ def check_shard_files(
     return problems
 
 
-def check_operator_identity(handle: h5py.File, spec: DatasetSpec, indices: np.ndarray) -> list[Problem]:
-    """Rows ``indices`` hold the operators they are for: ``operator_index`` equals the row, and each stored
-    seed equals the one derived from ``(root_seed, index)``. Rows whose parameters are absent are skipped."""
+def check_operator_identity(
+    handle: h5py.File, spec: DatasetSpec, indices: np.ndarray
+) -> dict[int, list[Problem]]:
+    """Problems by operator: rows ``indices`` hold the operators they are for, i.e. ``operator_index``
+    equals the row and each stored seed equals the one derived from ``(root_seed, index)``. Rows whose
+    parameters are absent (``present`` 0) are skipped."""
     indices = np.unique(np.asarray(indices, dtype=np.int64))
     if "/parameters/present" not in handle or "/parameters/operator_index" not in handle or not indices.size:
-        return []
-    indices = indices[handle["/parameters/present"][()][indices] == 1]
-    stored_index = handle["/parameters/operator_index"][()][indices]
-    seeds = {name: handle[path][()][indices] for name, path in _SEED_PATHS.items() if path in handle}
-    problems = []
+        return {}
+    indices = indices[handle["/parameters/present"][indices] == 1]
+    if not indices.size:
+        return {}
+    stored_index = handle["/parameters/operator_index"][indices]
+    seeds = {name: handle[path][indices] for name, path in _SEED_PATHS.items() if path in handle}
+    problems: dict[int, list[Problem]] = {}
     for position, index in enumerate(indices.tolist()):
         if int(stored_index[position]) != index:
-            problems.append(
+            found = int(stored_index[position])
+            problems[index] = [
                 Problem(
-                    f"/parameters/operator_index[{index}]",
-                    f"is {int(stored_index[position])}: row {index} holds another operator",
+                    f"/parameters/operator_index[{index}]", f"is {found}: row {index} holds another operator"
                 )
-            )
+            ]
             continue
         derived = operator_seeds(spec.root_seed, index, spec.realizations)
         wrong = [
@@ -313,13 +322,25 @@ def check_operator_identity(handle: h5py.File, spec: DatasetSpec, indices: np.nd
             if np.atleast_1d(values[position]).tolist() != list(np.atleast_1d(getattr(derived, name)))
         ]
         if wrong:
-            problems.append(
+            problems[index] = [
                 Problem(
                     f"/parameters/seeds[{index}]",
                     f"{','.join(wrong)} differ from those derived from (root_seed {spec.root_seed}, {index})",
                 )
-            )
+            ]
     return problems
+
+
+def structure_problems(handle: h5py.File) -> tuple[DatasetSpec | None, list[Problem]]:
+    """The spec and the file-wide problems: links (then nothing else is looked at: following one is what
+    must not happen), the spec against the arrays, the mappings against the shard table."""
+    problems = check_links(handle)
+    if problems:
+        return None, problems
+    spec, problems = check_spec(handle)
+    if spec is not None:
+        problems += check_mappings(handle)
+    return spec, problems
 
 
 def check_dataset(
@@ -330,21 +351,16 @@ def check_dataset(
     path = Path(path)
     try:
         with h5py.File(path, "r") as handle:
-            problems = check_links(handle)
-            if problems:
-                return problems  # following a link is what must not happen
-            spec, found = check_spec(handle)
-            problems += found
-            if spec is None:
+            spec, problems = structure_problems(handle)
+            if spec is None or problems:  # rows and files of a file that lies about itself mean nothing
                 return problems
-            rows = shard_rows(handle)
-            problems += check_mappings(handle, rows=rows)
             chosen = np.arange(spec.n_operators) if operators is None else np.asarray(operators)
-            if not found:  # rows of the spec's shapes only: indexing beyond them would fail
-                problems += check_operator_identity(handle, spec, chosen)
+            for found in check_operator_identity(handle, spec, chosen).values():
+                problems += found
+            rows = shard_rows(handle)
     except (OSError, KeyError, RuntimeError) as exc:
         return [Problem(str(path), f"cannot read as HDF5: {exc}")]
     touched = (
-        rows if all_files else [row for row in rows if np.any((chosen >= row.start) & (chosen < row.stop))]
+        rows if all_files else [row for row in rows if ((chosen >= row.start) & (chosen < row.stop)).any()]
     )
     return problems + check_shard_files(path.parent, touched, spec_hash=spec.spec_hash)

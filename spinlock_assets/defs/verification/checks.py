@@ -66,10 +66,7 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         indices = rotating_sample(shard.start, shard.stop, config.operators_per_shard, config.rotation)
         started = time.perf_counter()
         results = rollout.verify(_shard_records(dataset, context.partition_key, indices), log=context.log)
-        statuses = {
-            status: [v.operator_index for v in results if v.status == status]
-            for status in STATUSES
-        }
+        statuses = {status: [v.operator_index for v in results if v.status == status] for status in STATUSES}
         # A reproducibility bug or edited data is an error; other numerics (another fingerprint) a warning.
         errors = statuses["mismatch"] or statuses["tampered"]
         severity = dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN
