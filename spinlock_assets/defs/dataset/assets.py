@@ -7,9 +7,28 @@ import dagster as dg
 from ..constants import DATASET_GROUP, OWNERS
 from ..resources import DatasetResource
 
-__all__ = ["build_dataset_asset", "DATASET_FILE"]
+__all__ = ["build_dataset_asset", "DATASET_FILE", "recorded_sha256"]
 
 DATASET_FILE = "dataset.h5"
+
+
+def recorded_sha256(instance: dg.DagsterInstance, assets: Sequence[str]) -> dict[tuple[str, str], str]:
+    """``(asset, shard_key) -> sha256`` of the latest materialization of every partition of ``assets``."""
+    recorded: dict[tuple[str, str], str] = {}
+    for asset in assets:
+        cursor = None
+        while True:  # newest first, so the first record seen per partition is its latest
+            page = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=1000, cursor=cursor
+            )
+            for record in page.records:
+                event = record.asset_materialization
+                if event is not None and event.partition and "sha256" in event.metadata:
+                    recorded.setdefault((asset, event.partition), str(event.metadata["sha256"].value))
+            if not page.has_more:
+                break
+            cursor = page.cursor
+    return recorded
 
 
 def build_dataset_asset(
@@ -56,6 +75,8 @@ def build_dataset_asset(
             shard_keys=[shard.key for shard in shard_ranges(spec.n_operators, spec.shard_size)],
             sources=sources,
             overwrite=True,
+            # What each shard's materialization recorded: a file changed since is refused, never recorded.
+            recorded_sha256=recorded_sha256(context.instance, [source.asset for source in sources]),
             root_attrs={
                 "schema_version": SCHEMA_VERSION,
                 "spec_json": spec.to_json(),
