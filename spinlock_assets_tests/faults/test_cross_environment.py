@@ -2,7 +2,8 @@
 difference under the SAME fingerprint is a ``mismatch`` (an error); under ANOTHER fingerprint it is
 ``within_tolerance`` when the base series agree to RTOL/ATOL and ``diverged`` otherwise (a warning);
 identical digests are ``exact``. Combinations no real change of numerics produces (digests that differ
-over an identical series, a series that differs under identical digests) are ``tampered``. Proven on ``core.verification`` and through the replay asset check."""
+over an identical series, a series that differs under identical digests) are ``tampered``. Proven on
+``core.verification`` and through the replay asset check."""
 
 from __future__ import annotations
 
