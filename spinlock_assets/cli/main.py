@@ -26,7 +26,7 @@ import numpy as np
 from spinlock_assets.cli.replay import Replayer
 from spinlock_assets.core.fingerprint import fingerprint_id
 from spinlock_assets.core.verification import STATUSES
-from spinlock_assets.storage.atomic import atomic_output
+from spinlock_assets.storage.atomic import atomic_output, publish_hdf5
 from spinlock_assets.storage.errors import StorageError
 from spinlock_assets.storage.integrity import check_dataset
 from spinlock_assets.storage.layout import Problem, decode_attr, encode_attr
@@ -220,24 +220,27 @@ def _replay_command(args: argparse.Namespace) -> int:
         replayer = Replayer(args.device)  # after the cheap checks: it imports torch
         rollout, result = replayer.replay(reader, args.operator, problems, keep_trajectories=True)
     trajectories = rollout.trajectories
-    with atomic_output(output, overwrite=args.force) as tmp:
-        if output.suffix == ".npy":
-            with open(tmp, "wb") as handle:  # np.save on a path would append ".npy" to the temporary name
-                np.save(handle, trajectories)
-        else:
-            with h5py.File(tmp, "w") as handle:
-                dataset = handle.create_dataset("trajectories", data=trajectories)
-                dataset.attrs.update(
-                    {
-                        "operator_index": args.operator,
-                        "axes": encode_attr(["realization", "time", "channel", "y", "x"]),
-                        "spec_hash": record.spec.spec_hash,
-                        "digests": encode_attr(list(rollout.digests)),
-                        "stored_digests": encode_attr(list(record.digests or ())),
-                        "verification": result.status,
-                        "fingerprint_id": replayer.fingerprint_id,
-                    }
-                )
+    if output.suffix == ".npy":
+        # np.save on a path would append ".npy" to the temporary name
+        with atomic_output(output, overwrite=args.force) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, trajectories)
+    else:
+
+        def fill(handle: h5py.File) -> None:
+            dataset = handle.create_dataset("trajectories", data=trajectories)
+            dataset.attrs.update(
+                {
+                    "operator_index": args.operator,
+                    "axes": encode_attr(["realization", "time", "channel", "y", "x"]),
+                    "spec_hash": record.spec.spec_hash,
+                    "digests": encode_attr(list(rollout.digests)),
+                    "stored_digests": encode_attr(list(record.digests or ())),
+                    "verification": result.status,
+                    "fingerprint_id": replayer.fingerprint_id,
+                }
+            )
+
+        publish_hdf5(output, fill, overwrite=args.force)
     print(f"operator {args.operator}: replayed on {replayer.device} (fingerprint {replayer.fingerprint_id})")
     print(f"verification: {_describe_result(result)}")
     print(f"wrote {output}: {trajectories.dtype} {list(trajectories.shape)} [M, T, C, H, W]")

@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from spinlock_assets.storage.arrays import ArrayInfo
-from spinlock_assets.storage.atomic import atomic_output
+from spinlock_assets.storage.atomic import publish_hdf5
 from spinlock_assets.storage.errors import (
     InconsistentShardsError,
     ShardArrayMissingError,
@@ -99,15 +99,15 @@ def build_consolidated_dataset(
     scans = [scan for scan in scans if scan.rows]  # an asset with no shard yet has nothing to show
     _check_recorded(scans, _previous_sha256(out_path), recorded_sha256 or {})
     metadata = _metadata_attrs(root_attrs, n_operators, scans)
-    with (
-        atomic_output(out_path, overwrite=overwrite) as tmp,
-        h5py.File(tmp, "w-", libver=("v110", "latest")) as f,
-    ):
+
+    def fill(f: h5py.File) -> None:
         f.attrs.update({key: metadata[key] for key in ROOT_ATTRS})
         f.require_group(METADATA_GROUP).attrs.update(metadata)
         _write_shards_table(f, scans)
         for scan in scans:
             _write_source(f, out_path.parent, scan, n_operators)
+
+    publish_hdf5(out_path, fill, overwrite=overwrite)
     return out_path
 
 
