@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from spinlock_assets.cli.replay import Replayer
+from spinlock_assets.core.budget import check_memory
 from spinlock_assets.core.fingerprint import fingerprint_id
 from spinlock_assets.core.verification import STATUSES
 from spinlock_assets.storage.atomic import atomic_output, publish_hdf5
@@ -217,6 +218,7 @@ def _replay_command(args: argparse.Namespace) -> int:
             raise CliError(f"--operator {args.operator}: outside 0..{reader.n_operators - 1}")
         problems = reader.check_operators(np.array([args.operator])).get(args.operator, [])
         record = reader.operator(args.operator)  # raises, before torch loads, for a row of another operator
+        check_memory(reader.spec)
         replayer = Replayer(args.device)  # after the cheap checks: it imports torch
         rollout, result = replayer.replay(reader, args.operator, problems, keep_trajectories=True)
     trajectories = rollout.trajectories
@@ -290,6 +292,7 @@ def _verify_command(args: argparse.Namespace) -> int:
     with _open(args.path, strict=False) as reader:
         indices = _select(args, reader.n_operators)
         problems = reader.check_operators(indices, all_files=args.all_files)
+        check_memory(reader.spec)
         replayer = Replayer(args.device)  # after the cheap checks: it imports torch
         # A file that lies about its structure (links, spec, mappings) says nothing about any operator.
         results = [] if reader.structure_problems else replayer.verify(reader, indices, problems)
