@@ -44,7 +44,7 @@ run_retries:
 
 
 @contextmanager
-def exclusive(path: Path, *, what: str, stream: TextIO = sys.stderr) -> Iterator[None]:
+def exclusive(path: Path, *, what: str, stream: TextIO | None = None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` for the block; when another process holds it, say so on
     ``stream`` and wait for it. The lock dies with its process, so a killed holder never blocks anyone."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,8 @@ def exclusive(path: Path, *, what: str, stream: TextIO = sys.stderr) -> Iterator
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            print(f"{what}: {holder} holds {path}; waiting for it to finish", file=stream, flush=True)
+            message = f"{what}: {holder} holds {path}; waiting for it to finish"
+            print(message, file=stream or sys.stderr, flush=True)
             fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
         handle.truncate()

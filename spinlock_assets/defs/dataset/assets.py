@@ -4,6 +4,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from spinlock_assets.storage.store import ShardStore
+
 from ..constants import DATASET_GROUP, OWNERS
 from ..resources import DatasetResource
 
@@ -12,8 +14,11 @@ __all__ = ["build_dataset_asset", "DATASET_FILE", "recorded_sha256"]
 DATASET_FILE = "dataset.h5"
 
 
-def recorded_sha256(instance: dg.DagsterInstance, assets: Sequence[str]) -> dict[tuple[str, str], str]:
-    """``(asset, shard_key) -> sha256`` of the latest materialization of every partition of ``assets``."""
+def recorded_sha256(
+    instance: dg.DagsterInstance, store: ShardStore, assets: Sequence[str]
+) -> dict[tuple[str, str], str]:
+    """``(asset, shard_key) -> sha256`` of the latest materialization of every partition of ``assets`` whose
+    file is the one in ``store`` (an instance may have materialized the same asset under another root)."""
     recorded: dict[tuple[str, str], str] = {}
     for asset in assets:
         cursor = None
@@ -23,8 +28,12 @@ def recorded_sha256(instance: dg.DagsterInstance, assets: Sequence[str]) -> dict
             )
             for record in page.records:
                 event = record.asset_materialization
-                if event is not None and event.partition and "sha256" in event.metadata:
-                    recorded.setdefault((asset, event.partition), str(event.metadata["sha256"].value))
+                if event is None or not event.partition or "sha256" not in event.metadata:
+                    continue
+                path = event.metadata.get("path")
+                if path is None or str(path.value) != str(store.path(asset, event.partition)):
+                    continue
+                recorded.setdefault((asset, event.partition), str(event.metadata["sha256"].value))
             if not page.has_more:
                 break
             cursor = page.cursor
@@ -76,7 +85,9 @@ def build_dataset_asset(
             sources=sources,
             overwrite=True,
             # What each shard's materialization recorded: a file changed since is refused, never recorded.
-            recorded_sha256=recorded_sha256(context.instance, [source.asset for source in sources]),
+            recorded_sha256=recorded_sha256(
+                context.instance, dataset.store, [source.asset for source in sources]
+            ),
             root_attrs={
                 "schema_version": SCHEMA_VERSION,
                 "spec_json": spec.to_json(),
