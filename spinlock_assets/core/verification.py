@@ -17,6 +17,8 @@ summary and every stored feature family with the values recomputed from the repl
   digests that differ while the base series is identical bit for bit (a forged digest, typically with an
   edited fingerprint), or a stored value (series, summary, feature) that differs from the replay's
   although every digest matches.
+- ``unverified``: the replay matches, but a stored feature family cannot be recomputed here (its plugin
+  is not loaded, or it is registered at another version): not a pass either.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "ATOL",
     "RTOL",
     "STATUSES",
+    "StoredFamily",
     "StoredFeatures",
     "Verification",
     "classify",
@@ -51,10 +54,18 @@ __all__ = [
 
 RTOL = 1e-4
 ATOL = 1e-6
-STATUSES = ("exact", "within_tolerance", "mismatch", "diverged", "tampered")
+STATUSES = ("exact", "within_tolerance", "mismatch", "diverged", "tampered", "unverified")
 
-# family name -> array name -> stored value of one operator (without the operator axis)
-StoredFeatures = Mapping[str, Mapping[str, np.ndarray]]
+
+@dataclass(frozen=True)
+class StoredFamily:
+    """What a dataset stores of one family for one operator: its version and arrays (no operator axis)."""
+
+    version: str
+    arrays: Mapping[str, np.ndarray]
+
+
+StoredFeatures = Mapping[str, StoredFamily]  # by family name
 
 
 def replay_rollout(
@@ -166,15 +177,16 @@ def compare_features(
     same_fingerprint: bool,
     build_operator: Callable[[OperatorRecord], Any] | None = None,
     device: str = "cpu",
-) -> list[str]:
-    """Names of the stored values of ``record`` that the replay does not reproduce: the base summary and
-    every family in ``stored`` (``{"base": {"summary": ...}, "spectral": {...}}``), each recomputed from
-    the replayed trajectories (or the stored base series, or the rebuilt operator: what the family needs).
+) -> tuple[list[str], list[str]]:
+    """``(differing, unverifiable)``: the stored values of ``record`` that the replay does not reproduce,
+    and the families that cannot be recomputed here (not registered, or registered at another version
+    than the stored one). ``stored`` holds the base summary and any families
+    (``{"base": StoredFamily(...), "spectral": StoredFamily(...)}``); each is recomputed from the replayed
+    trajectories, the stored base series or the rebuilt operator, as the family needs.
 
     Families are pure functions of one operator, so under the same fingerprint a stored value must equal
-    the recomputed one bit for bit; under another it must agree to ``RTOL``/``ATOL``. A family that is not
-    registered here, or whose registered version differs from the stored one, cannot be recomputed and
-    is named too. ``replayed`` must hold trajectories when a family needs them.
+    the recomputed one bit for bit; under another it must agree to ``RTOL``/``ATOL``. ``replayed`` must
+    hold trajectories when a family needs them.
     """
     from .extraction import operator_inputs
     from .features.base import summarize
@@ -185,30 +197,32 @@ def compare_features(
             return not _bit_equal(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32))
         return _max_relative_error(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) > 1.0
 
-    found = []
-    base_summary = stored.get("base", {}).get("summary")
-    if base_summary is not None and differs(base_summary, summarize(replayed.base_series)):
-        found.append("base/summary")
-    derived = {name: arrays for name, arrays in stored.items() if name != "base"}
-    if not derived:
-        return found
+    differing, unverifiable = [], []
+    base = stored.get("base")
+    if (
+        base is not None
+        and "summary" in base.arrays
+        and differs(base.arrays["summary"], summarize(replayed.base_series))
+    ):
+        differing.append("base/summary")
+    build = build_operator or (lambda r: r.build_operator(device))
     operator = None
-    for name, arrays in sorted(derived.items()):
-        family = FAMILIES.get(name)
-        if family is None:
-            found.append(f"{name} (family not registered here: load its plugin to verify it)")
+    for name, family_stored in sorted(stored.items()):
+        if name == "base":
             continue
-        if operator is None and build_operator is not None:
-            operator = build_operator(record)
-        elif operator is None:
-            operator = record.build_operator(device)
+        family = FAMILIES.get(name)
+        if family is None or family.version != family_stored.version:
+            here = "not registered here" if family is None else f"registered here at version {family.version}"
+            unverifiable.append(f"family {name} version {family_stored.version} ({here})")
+            continue
+        operator = build(record) if operator is None else operator
         recomputed = family.compute(operator_inputs(record, operator, replayed.trajectories))
-        found += [
+        differing += [
             f"{name}/{array}"
-            for array, value in sorted(arrays.items())
+            for array, value in sorted(family_stored.arrays.items())
             if array not in recomputed or differs(value, recomputed[array])
         ]
-    return found
+    return differing, unverifiable
 
 
 def verify_operator(
@@ -233,7 +247,7 @@ def verify_operator(
     rollout = replay_rollout(record, device=device, keep_trajectories=keep, build_operator=build_operator)
     result = classify(record, rollout, same_fingerprint=same)
     if stored_features and result.status in ("exact", "within_tolerance"):
-        differences = compare_features(
+        differing, unverifiable = compare_features(
             record,
             rollout,
             stored_features,
@@ -241,11 +255,11 @@ def verify_operator(
             build_operator=build_operator,
             device=device,
         )
-        if differences:
-            what = tuple(
-                f"stored {name} differs from the value recomputed from the replay" for name in differences
-            )
-            result = replace(result, status="tampered", differences=result.differences + what)
+        what = tuple(f"stored {name} differs from the value recomputed from the replay" for name in differing)
+        what += tuple(f"cannot recompute {name}" for name in unverifiable)
+        if what:
+            status = "tampered" if differing else "unverified"
+            result = replace(result, status=status, differences=result.differences + what)
     if keep and not keep_trajectories:
         rollout = replace(rollout, trajectories=None)
     return rollout, result

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from spinlock_assets.core.record import OperatorRecord
+
+if TYPE_CHECKING:
+    from spinlock_assets.core.verification import StoredFamily
 from spinlock_assets.storage.errors import ShardCorruptError, ShardMissingError, StorageError
 from spinlock_assets.storage.integrity import (
     check_operator_identity,
@@ -164,17 +168,20 @@ class DatasetReader:
             ) from None
         return stored_records(self.spec, parameters, initial_conditions, base, self.fingerprint(index))[0]
 
-    def stored_features(self, index: int) -> dict[str, dict[str, np.ndarray]]:
-        """Operator ``index``'s stored feature values by family and array (families whose shard holds it):
-        what :func:`~spinlock_assets.core.verification.compare_features` recomputes from the replay."""
-        features: dict[str, dict[str, np.ndarray]] = {}
+    def stored_features(self, index: int) -> dict[str, StoredFamily]:
+        """Operator ``index``'s stored feature values by family (families whose shard holds it), with their
+        versions: what :func:`~spinlock_assets.core.verification.compare_features` recomputes."""
+        from spinlock_assets.core.verification import StoredFamily
+
+        versions = json.loads(self.file["/metadata"].attrs.get("family_versions", "{}"))
+        features: dict[str, StoredFamily] = {}
         for family, group in self.file.get("/features", {}).items():
             if not group[PRESENT][index]:
                 continue
             arrays = {name: data[index] for name, data in group.items() if name != PRESENT}
             if family == "base":  # the series is compared by classify, from the record
                 arrays.pop("series", None)
-            features[family] = arrays
+            features[family] = StoredFamily(str(versions.get(family, "")), arrays)
         return features
 
     def check_operators(

@@ -8,6 +8,7 @@ says: wrong data is never reported ``exact`` (0 of the operators touched), ``ver
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -337,3 +338,22 @@ def test_dagster_checks_catch_an_edited_derived_family_shard(root: Path, instanc
     assert not evaluation[("spectral_features", "shard_file_intact")].passed
     result = materialize(defs, ["dataset"], instance, raise_on_error=False)
     assert not result.success and "when it was materialized" in error_text(result)
+
+
+def test_a_family_that_cannot_be_recomputed_here_is_unverified_not_exact(
+    root: Path, capsys, monkeypatch
+) -> None:
+    from spinlock_assets.core.features import registry
+
+    monkeypatch.setitem(
+        registry.FAMILIES, "spectral", dataclasses.replace(registry.FAMILIES["spectral"], version="9")
+    )
+    code, summary = verify_json(capsys, root, "--operators", "0")
+    [entry] = summary["non_exact"]
+    assert code == 1 and entry["status"] == "unverified"
+    assert entry["differences"] == [
+        "cannot recompute family spectral version 1.0.0 (registered here at version 9)"
+    ]
+    monkeypatch.delitem(registry.FAMILIES, "spectral")
+    code, summary = verify_json(capsys, root, "--operators", "0")
+    assert code == 1 and summary["non_exact"][0]["status"] == "unverified"
