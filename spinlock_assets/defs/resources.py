@@ -118,12 +118,18 @@ class RolloutResource(dg.ConfigurableResource):
             build_operator=self.build_operator,
         )
 
-    def verify(self, records: list[OperatorRecord], *, log: Any = None) -> list[Any]:
+    def verify(
+        self, records: list[OperatorRecord], *, log: Any = None, stored_features: Any = None
+    ) -> list[Any]:
         """Replay ``records`` and verify each against what was stored (``verification.verify_records``)."""
         from spinlock_assets.core.verification import verify_records
 
         from .progress import ProgressLog
 
         return verify_records(
-            records, device=self.device, build_operator=self.build_operator, progress=ProgressLog(log)
+            records,
+            device=self.device,
+            stored_features=stored_features,
+            build_operator=self.build_operator,
+            progress=ProgressLog(log),
         )

@@ -26,10 +26,12 @@ from spinlock_assets.storage.reader import open_dataset
 from spinlock_assets_tests.conftest import tiny_spec
 from spinlock_assets_tests.defs.helpers import SHARDS, materialize, tiny_definitions
 from spinlock_assets_tests.faults.helpers import (
+    REPLAY_KEY,
     copy_root,
     error_text,
     flip_bytes_in_chunk,
     integrity_key,
+    replay_window,
     rewrite_shard,
     run_checks,
     shard_file,
@@ -336,6 +338,11 @@ def test_dagster_checks_catch_an_edited_derived_family_shard(root: Path, instanc
     one_spectral_float(root)
     evaluation = run_checks(defs, instance, SHARDS[0], [integrity_key("spectral_features")])
     assert not evaluation[("spectral_features", "shard_file_intact")].passed
+    # The replay check recomputes the shard's stored features too, whatever the recorded hashes say.
+    evaluation = run_checks(defs, instance, SHARDS[0], [REPLAY_KEY], replay_window(4))
+    replay = evaluation[("base_features", REPLAY_KEY.name)]
+    assert not replay.passed and replay.severity == dg.AssetCheckSeverity.ERROR
+    assert replay.metadata["tampered"].value and replay.metadata["exact"].value < 4
     result = materialize(defs, ["dataset"], instance, raise_on_error=False)
     assert not result.success and "when it was materialized" in error_text(result)
 

@@ -1,7 +1,8 @@
 """Asset checks. Replay verification and shard integrity are blocking: a failure means the data
 downstream would be wrong. Non-finite values are allowed only where the rollout was flagged divergent."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import dagster as dg
 
@@ -44,6 +45,36 @@ def _shard_records(dataset: DatasetResource, partition_key: str, indices: Sequen
     return [r for r in load_records(dataset, *contents) if r.index in set(indices)]
 
 
+def _stored_features(dataset: DatasetResource, partition_key: str) -> Callable[[Any], dict]:
+    """A record's stored base summary and derived-family values in this shard (families whose shard file
+    exists), for ``core.verification.compare_features`` to recompute from the replay."""
+    from spinlock_assets.core.features.registry import derived_families
+    from spinlock_assets.core.shards import parse_shard_key
+    from spinlock_assets.core.verification import StoredFamily
+
+    from ..features.assets import family_asset_name
+
+    start, store = parse_shard_key(partition_key).start, dataset.store
+    shards = {"base": store.read("base_features", partition_key, names=["summary"]).arrays}
+    for family in derived_families(dataset.spec.channels):
+        asset = family_asset_name(family.name)
+        if store.exists(asset, partition_key):
+            shards[family.name] = store.read(
+                asset, partition_key, expected_spec_hash=dataset.spec.spec_hash
+            ).arrays
+
+    def of(record: Any) -> dict:
+        row = record.index - start
+        return {
+            name: StoredFamily(
+                next(iter(arrays.values())).version, {key: array.data[row] for key, array in arrays.items()}
+            )
+            for name, arrays in shards.items()
+        }
+
+    return of
+
+
 def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str]) -> list:
     """The replay and finite checks on ``base_features`` and an integrity check per shard asset."""
 
@@ -55,8 +86,9 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         rollout: RolloutResource,
     ) -> dg.AssetCheckResult:
         """Replays a rotating sample of the shard's operators and compares every realization's SHA-256 digest
-        with the stored one, bit for bit; under another execution fingerprint it classifies instead
-        (exact / within_tolerance / diverged) and warns rather than fails."""
+        with the stored one, bit for bit, and every stored feature of the shard (base summary, derived
+        families) with the value recomputed from the replay; under another execution fingerprint it
+        classifies instead (exact / within_tolerance / diverged) and warns rather than fails."""
         import time
 
         from spinlock_assets.core.shards import parse_shard_key
@@ -65,7 +97,9 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         shard = parse_shard_key(context.partition_key)
         indices = rotating_sample(shard.start, shard.stop, config.operators_per_shard, config.rotation)
         started = time.perf_counter()
-        results = rollout.verify(_shard_records(dataset, context.partition_key, indices), log=context.log)
+        records = _shard_records(dataset, context.partition_key, indices)
+        features = _stored_features(dataset, context.partition_key)
+        results = rollout.verify(records, log=context.log, stored_features=features)
         statuses = {status: [v.operator_index for v in results if v.status == status] for status in STATUSES}
         # A reproducibility bug or edited data is an error; other numerics (another fingerprint) a warning.
         errors = statuses["mismatch"] or statuses["tampered"]
