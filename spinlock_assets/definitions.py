@@ -39,13 +39,13 @@ def build_definitions(
     rollout: RolloutResource | None = None,
 ) -> dg.Definitions:
     """Everything Dagster needs for one dataset: assets, checks, jobs, schedules and resources. A spec one
-    rollout or shard of which would not fit this machine's memory or disk is refused here, before any work
-    (``core.budget``)."""
-    from .core.budget import check_disk, check_memory
+    rollout of which would not fit this machine's memory is refused here, before any work
+    (``core.budget``; free disk changes, so the main job checks it before its runs instead: a full disk
+    must not stop the code location from loading)."""
+    from .core.budget import check_memory
     from .core.features.registry import derived_families
 
     check_memory(spec)
-    check_disk(spec, data_root)
 
     families = derived_families(spec.channels) if families is None else list(families)
     partitions = shard_partitions(spec)

@@ -12,7 +12,8 @@ simple upper-bound-ish figures (float32 everywhere):
 
 They are compared with the machine's physical memory (``os.sysconf``) and the free space of the data
 root's file system (``shutil.disk_usage``); a spec that does not fit is refused with a ``SpecError`` naming
-the fields and giving the numbers.
+the fields and giving the numbers. Memory is checked where the definitions are built; disk, which
+changes, by the main job before its runs (a full disk must not stop the code location from loading).
 """
 
 from __future__ import annotations

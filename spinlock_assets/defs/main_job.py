@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from spinlock_assets.core.budget import check_disk
+
     from .instance import LOCK_FILE, exclusive, prepare_instance
 
     home = Path(args.dagster_home)
@@ -85,6 +87,7 @@ def _main(args: argparse.Namespace) -> int:
     dataset: DatasetResource = defs.resources["dataset"]
     with exclusive(Path(dataset.data_root) / DATA_ROOT_LOCK, what=PROG):
         dataset.check_root_matches_spec()  # refused here in one line, not in every run's logs
+        check_disk(dataset.spec, dataset.data_root)
         return _generate_and_verify(defs, dataset, args)
 
 
