@@ -44,6 +44,7 @@ _EXPORTS = {
     "replay": "verification",
     "replay_rollout": "verification",
     "verify": "verification",
+    "verify_operator": "verification",
     "execution_fingerprint": "fingerprint",
 }
 
