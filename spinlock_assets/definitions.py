@@ -37,8 +37,14 @@ def build_definitions(
     families: Sequence | None = None,
     rollout: RolloutResource | None = None,
 ) -> dg.Definitions:
-    """Everything Dagster needs for one dataset: assets, checks, jobs, schedules and resources."""
+    """Everything Dagster needs for one dataset: assets, checks, jobs, schedules and resources. A spec one
+    rollout of which would not fit this machine's memory is refused here, before any work
+    (``core.budget``; free disk changes, so the main job checks it before its runs instead: a full disk
+    must not stop the code location from loading)."""
+    from .core.budget import check_memory
     from .core.features.registry import derived_families
+
+    check_memory(spec)
 
     families = derived_families(spec.channels) if families is None else list(families)
     partitions = shard_partitions(spec)

@@ -53,6 +53,7 @@ _EXPORTS = {
     "replay": "verification",
     "replay_rollout": "verification",
     "verify": "verification",
+    "verify_operator": "verification",
     "execution_fingerprint": "fingerprint",
 }
 

@@ -118,12 +118,17 @@ class RolloutResource(dg.ConfigurableResource):
                 build_operator=self.build_operator,
             )
 
-    def verify(self, records: list[OperatorRecord], *, log: Any = None) -> list[Any]:
-        """Replay ``records`` and classify each against its stored digests (``core.verification``)."""
-        from spinlock_assets.core.verification import classify, same_fingerprint
+    def verify(
+        self, records: list[OperatorRecord], *, log: Any = None, stored_features: Any = None
+    ) -> list[Any]:
+        """Replay ``records`` and verify each against what was stored (``verification.verify_records``)."""
+        from spinlock_assets.core.verification import verify_records
 
-        current = self.fingerprint()
-        return [
-            classify(record, rollout, same_fingerprint=same_fingerprint(record.fingerprint, current))
-            for record, rollout in zip(records, self.roll_out(records, log=log), strict=True)
-        ]
+        with Progress(emit=log.info if log is not None else _silent) as progress:
+            return verify_records(
+                records,
+                device=self.device,
+                stored_features=stored_features,
+                build_operator=self.build_operator,
+                progress=progress,
+            )

@@ -154,20 +154,22 @@ def test_verify_all_operators_is_exact_and_exits_0(data: Path, capsys) -> None:
     assert progress[-1].startswith("replayed 12/12 (") and "ETA" in progress[-1]
 
 
-def test_verify_reports_a_corrupted_stored_digest_as_mismatch_and_exits_1(data_copy: Path, capsys) -> None:
+def test_verify_reports_an_edited_shard_as_tampered_and_exits_1(data_copy: Path, capsys) -> None:
+    """A stored digest overwritten in place: the shard file no longer hashes to the sha256 dataset.h5
+    recorded, so none of its operators is reported exact, and the digest itself is a mismatch."""
     with h5py.File(data_copy / "base_features" / f"{SHARDS[1]}.h5", "r+") as shard:
         shard["digests"][1, 2] = b"0" * 64  # operator 5, realization 2
     code, out, _ = run(capsys, "verify", data_copy, "--operators", "4:8")
     assert code == 1
-    assert "4 operators" in out and "3 exact, 0 within_tolerance, 1 mismatch" in out
-    assert "operator 5: mismatch (realizations 2 differ" in out
+    assert "4 operators" in out and "0 exact, 0 within_tolerance, 0 mismatch, 0 diverged, 4 tampered" in out
+    assert f"operator 5: tampered ({data_copy / 'base_features' / SHARDS[1]}.h5: sha256 is" in out
     code, out, _ = run(capsys, "verify", data_copy, "--operators", "5", "--json")
     summary = json.loads(out)
     assert code == 1 and summary["ok"] is False
-    assert summary["counts"] == {"exact": 0, "within_tolerance": 0, "mismatch": 1, "diverged": 0}
-    assert summary["non_exact"] == [
-        {"operator": 5, "status": "mismatch", "mismatched_realizations": [2], "max_relative_error": 0.0}
-    ]
+    assert summary["counts"]["tampered"] == 1 and summary["counts"]["exact"] == 0
+    [entry] = summary["non_exact"]
+    assert (entry["operator"], entry["status"], entry["mismatched_realizations"]) == (5, "tampered", [2])
+    assert "dataset.h5 recorded" in entry["differences"][0]
 
 
 def sampled(capsys, data: Path, *options: object) -> list[int]:

@@ -14,11 +14,38 @@ from spinlock_assets.storage import (
     family_source,
     file_sha256,
 )
+from spinlock_assets.storage.store import ShardStore
 
 from ..constants import DATASET_GROUP, OWNERS
 from ..resources import DatasetResource
 
-__all__ = ["build_dataset_asset"]
+__all__ = ["build_dataset_asset", "recorded_sha256"]
+
+
+def recorded_sha256(
+    instance: dg.DagsterInstance, store: ShardStore, assets: Sequence[str]
+) -> dict[tuple[str, str], str]:
+    """``(asset, shard_key) -> sha256`` of the latest materialization of every partition of ``assets`` whose
+    file is the one in ``store`` (an instance may have materialized the same asset under another root)."""
+    recorded: dict[tuple[str, str], str] = {}
+    for asset in assets:
+        cursor = None
+        while True:  # newest first, so the first record seen per partition is its latest
+            page = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=1000, cursor=cursor
+            )
+            for record in page.records:
+                event = record.asset_materialization
+                if event is None or not event.partition or "sha256" not in event.metadata:
+                    continue
+                path = event.metadata.get("path")
+                if path is None or str(path.value) != str(store.path(asset, event.partition)):
+                    continue
+                recorded.setdefault((asset, event.partition), str(event.metadata["sha256"].value))
+            if not page.has_more:
+                break
+            cursor = page.cursor
+    return recorded
 
 
 def build_dataset_asset(
@@ -56,6 +83,10 @@ def build_dataset_asset(
             shard_keys=[shard.key for shard in shard_ranges(spec.n_operators, spec.shard_size)],
             sources=sources,
             overwrite=True,
+            # What each shard's materialization recorded: a file changed since is refused, never recorded.
+            recorded_sha256=recorded_sha256(
+                context.instance, dataset.store, [source.asset for source in sources]
+            ),
             root_attrs={
                 "schema_version": SCHEMA_VERSION,
                 "spec_json": spec.to_json(),

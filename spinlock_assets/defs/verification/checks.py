@@ -2,12 +2,11 @@
 downstream would be wrong. Non-finite values are allowed only where the rollout was flagged divergent."""
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import dagster as dg
-import numpy as np
 
-from spinlock_assets.core.features.base import SERIES_FIELDS
 from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.storage import validate_shard_file
 from spinlock_assets.storage.layout import BASE_FEATURES_ASSET, GENERATION_ASSETS
@@ -47,6 +46,36 @@ def _shard_records(dataset: DatasetResource, partition_key: str, indices: Sequen
     return [r for r in load_records(dataset, *contents) if r.index in set(indices)]
 
 
+def _stored_features(dataset: DatasetResource, partition_key: str) -> Callable[[Any], dict]:
+    """A record's stored base summary and derived-family values in this shard (families whose shard file
+    exists), for ``core.verification.compare_features`` to recompute from the replay."""
+    from spinlock_assets.core.features.registry import derived_families
+    from spinlock_assets.core.shards import parse_shard_key
+    from spinlock_assets.core.verification import StoredFamily
+
+    from ..features.assets import family_asset_name
+
+    start, store = parse_shard_key(partition_key).start, dataset.store
+    shards = {"base": store.read(BASE_FEATURES_ASSET, partition_key, names=["summary"]).arrays}
+    for family in derived_families(dataset.spec.channels):
+        asset = family_asset_name(family.name)
+        if store.exists(asset, partition_key):
+            shards[family.name] = store.read(
+                asset, partition_key, expected_spec_hash=dataset.spec.spec_hash
+            ).arrays
+
+    def of(record: Any) -> dict:
+        row = record.index - start
+        return {
+            name: StoredFamily(
+                next(iter(arrays.values())).version, {key: array.data[row] for key, array in arrays.items()}
+            )
+            for name, arrays in shards.items()
+        }
+
+    return of
+
+
 def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str]) -> list:
     """The replay and finite checks on ``base_features`` and an integrity check per shard asset."""
 
@@ -58,19 +87,24 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         rollout: RolloutResource,
     ) -> dg.AssetCheckResult:
         """Replays a rotating sample of the shard's operators and compares every realization's SHA-256 digest
-        with the stored one, bit for bit; under another execution fingerprint it classifies instead
-        (exact / within_tolerance / diverged) and warns rather than fails."""
-        from spinlock_assets.core.verification import rotating_sample  # imports torch: only when run
+        with the stored one, bit for bit, and every stored feature of the shard (base summary, derived
+        families) with the value recomputed from the replay; under another execution fingerprint it
+        classifies instead (exact / within_tolerance / diverged) and warns rather than fails."""
+        from spinlock_assets.core.verification import (  # imports torch: only when run
+            STATUSES,
+            rotating_sample,
+        )
 
         shard = parse_shard_key(context.partition_key)
         indices = rotating_sample(shard.start, shard.stop, config.operators_per_shard, config.rotation)
         started = time.perf_counter()
-        results = rollout.verify(_shard_records(dataset, context.partition_key, indices), log=context.log)
-        statuses = {
-            status: [v.operator_index for v in results if v.status == status]
-            for status in ("exact", "within_tolerance", "diverged", "mismatch")
-        }
-        severity = dg.AssetCheckSeverity.ERROR if statuses["mismatch"] else dg.AssetCheckSeverity.WARN
+        records = _shard_records(dataset, context.partition_key, indices)
+        features = _stored_features(dataset, context.partition_key)
+        results = rollout.verify(records, log=context.log, stored_features=features)
+        statuses = {status: [v.operator_index for v in results if v.status == status] for status in STATUSES}
+        # A reproducibility bug or edited data is an error; other numerics (another fingerprint) a warning.
+        errors = statuses["mismatch"] or statuses["tampered"]
+        severity = dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN
         return dg.AssetCheckResult(
             passed=all(v.ok for v in results),
             severity=severity,
@@ -81,6 +115,10 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
                 "within_tolerance": len(statuses["within_tolerance"]),
                 "diverged": dg.MetadataValue.json(statuses["diverged"]),
                 "mismatched": dg.MetadataValue.json(statuses["mismatch"]),
+                "tampered": dg.MetadataValue.json(statuses["tampered"]),
+                "fingerprint_changed": dg.MetadataValue.json(
+                    [v.operator_index for v in results if not v.same_fingerprint]
+                ),
                 "wall_seconds": round(time.perf_counter() - started, 3),
                 "rotation": config.rotation,
             },
@@ -92,12 +130,11 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
     ) -> dg.AssetCheckResult:
         """Base series are finite except for realizations flagged divergent (first_nonfinite_step >= 0), and
         those are NaN from that step on: NaN/Inf is counted and flagged, never hidden or patched."""
+        from spinlock_assets.core.verification import unflagged_nonfinite_rows  # imports torch
+
         arrays = dataset.store.read(BASE_FEATURES_ASSET, context.partition_key).arrays
-        series, first = arrays["series"].data, arrays["first_nonfinite_step"].data  # [n,M,T,C,K], [n,M]
-        has_nan = np.isnan(series[..., : SERIES_FIELDS.index("nonfinite_frac")]).any(axis=(3, 4))  # [n, M, T]
-        flagged_from = np.where(first < 0, series.shape[2], first)
-        before_flag = np.arange(series.shape[2]) < flagged_from[..., None]
-        bad = np.unique(np.nonzero(has_nan & before_flag)[0]).tolist()
+        first = arrays["first_nonfinite_step"].data
+        bad = unflagged_nonfinite_rows(arrays["series"].data, first)
         diverged = int((first >= 0).any(axis=1).sum())
         return dg.AssetCheckResult(
             passed=not bad,
