@@ -16,6 +16,7 @@ import base64
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,8 +41,10 @@ class Preview:
     figure: Figure
     caption: str
 
+    @cached_property
     def png(self) -> bytes:
-        """The figure as PNG bytes (deterministic: no timestamp or software tag in the file)."""
+        """The figure as PNG bytes, rendered once: a second draw may settle the constrained layout a
+        pixel differently. Deterministic otherwise (no timestamp or software tag in the file)."""
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
         return buffer.getvalue()
@@ -49,7 +52,7 @@ class Preview:
     def markdown(self) -> str:
         """The image as a data URI with the caption under it, for ``dg.MetadataValue.md``."""
         alt = " ".join(self.caption.split()).replace("[", "(").replace("]", ")")
-        encoded = base64.b64encode(self.png()).decode("ascii")
+        encoded = base64.b64encode(self.png).decode("ascii")
         return f"![{alt}](data:image/png;base64,{encoded})\n\n{self.caption}"
 
 
