@@ -133,3 +133,24 @@ def test_a_damaged_base_features_shard_fails_saying_which_job_to_rerun(tmp_path)
         "cannot be used (ShardCorruptError)."
     )
     assert f"Run generate_shards for partition {SHARDS[0]} first" in description
+
+
+def test_dataset_is_rebuilt_once_a_new_family_has_landed(tmp_path):
+    """``dataset`` asks for a rebuild after new shards or a new family land, and not again until more do."""
+    defs = tiny_definitions(tiny_spec(), tmp_path)
+
+    def requested(instance, cursor):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return result.get_num_requested(dg.AssetKey("dataset")), result.cursor
+
+    with dg.instance_for_test() as instance:
+        _, cursor = requested(instance, None)  # the first evaluation only starts the cursor
+        generate(defs, instance, SHARDS[:1])
+        count, cursor = requested(instance, cursor)
+        assert count == 1, "new shards: rebuild"
+        assert materialize(defs, ["dataset"], instance).success
+        count, cursor = requested(instance, cursor)
+        assert count == 0, "nothing new since the rebuild"
+        assert materialize(defs, ["spectral_features"], instance, SHARDS[0]).success
+        count, cursor = requested(instance, cursor)
+        assert count == 1, "a new family: rebuild"
