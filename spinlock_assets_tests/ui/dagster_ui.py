@@ -45,6 +45,7 @@ __all__ = [
 ARTIFACTS = REPO_ROOT / "artifacts" / "ui"
 DOC_IMAGES = REPO_ROOT / "docs" / "images"  # the screenshots the README shows, refreshed by the tests
 RUN_TIMEOUT_S = 300
+LAUNCH_TIMEOUT_MS = 60_000
 BACKFILL_TIMEOUT_S = 420
 
 # The tags the run page and the backfill page show for a finished run or backfill.
@@ -134,7 +135,7 @@ def launch_from_dialog(
     if screenshot:
         doc_screenshot(page, screenshot)
     dialog.get_by_role("button", name=re.compile(r"^Launch (backfill|\d+ runs?)$")).click()
-    expect(dialog).to_be_hidden()
+    expect(dialog).to_be_hidden(timeout=LAUNCH_TIMEOUT_MS)  # "Launching…" takes seconds on two busy cores
 
 
 class LaunchedTarget:
