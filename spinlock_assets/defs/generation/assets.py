@@ -33,6 +33,7 @@ __all__ = ["build_generation_assets", "BASE_CODE_VERSION", "INPUTS_CODE_VERSION"
 BASE_CODE_VERSION = f"base-{BASE.version}+engine-{ENGINE_VERSION}"
 # Parameters and ICs depend on the Sobol/seed/IC numerics only, which no engine change touches.
 INPUTS_CODE_VERSION = "inputs-1"
+ENERGY_COLUMN = SERIES_FIELDS.index("energy")
 
 
 def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
@@ -96,10 +97,10 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         if diverged:
             context.log.warning(f"{len(diverged)} operators diverged (NaN/Inf), flagged and kept: {diverged}")
         arrays = base_feature_arrays(rollouts, BASE, store_trajectories=dataset.spec.store_trajectories)
-        energy = arrays["series"].data[..., SERIES_FIELDS.index("energy")]  # [n, M, T, C]
+        energy = arrays["series"].data[..., ENERGY_COLUMN]  # [n, M, T, C]
         curves = plots.energy_curves(
             arrays["series"].data,
-            energy_column=SERIES_FIELDS.index("energy"),
+            energy_column=ENERGY_COLUMN,
             operator_indices=[record.index for record in records],
             labels=[record.hyperparameters.ic_family for record in records],
         )
