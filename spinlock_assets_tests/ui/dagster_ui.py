@@ -229,7 +229,7 @@ def show_markdown(scope: Page | Locator, label: str) -> Locator:
     page = scope if isinstance(scope, Page) else scope.page
     metadata_row(scope, label).get_by_text("[Show Markdown]").click()
     dialog = page.get_by_role("dialog").filter(has_text=label)
-    expect(dialog.get_by_role("img")).to_be_visible()
+    expect(dialog.locator("img")).to_be_visible()  # the figure (icons are divs with role img)
     return dialog
 
 
