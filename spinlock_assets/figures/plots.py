@@ -194,6 +194,8 @@ def energy_curves(
 
 def _energy_panel(axes: Axes, time: np.ndarray, energy: np.ndarray, title: str) -> None:
     """One operator's curves, ``energy`` ``[M, T]`` (NaN where there is nothing to draw)."""
+    from matplotlib import ticker
+
     axes.set_title(title, fontsize=9)
     axes.grid(True, which="major", alpha=0.3)
     for m, curve in enumerate(energy):
@@ -206,6 +208,12 @@ def _energy_panel(axes: Axes, time: np.ndarray, energy: np.ndarray, title: str) 
         axes.text(0.5, 0.5, "no finite energy (diverged)", transform=axes.transAxes, ha="center", color="red")
         return
     axes.set_yscale("log", nonpositive="mask")
+    if np.nanmax(energy) < 10 * np.nanmin(energy):
+        # Within one decade the ticks are minor ones, labelled "8.45×10⁻¹" by default: plain numbers read
+        # better. Wider ranges keep the 10ⁿ labels of the decades.
+        plain = ticker.FuncFormatter(lambda value, _: f"{value:.4g}")
+        axes.yaxis.set_major_formatter(plain)
+        axes.yaxis.set_minor_formatter(plain)
 
 
 def feature_matrix(
@@ -274,7 +282,7 @@ def feature_heatmap(
     if 0 in values.shape:
         return _no_data(f"{title}: nothing to show")
     n_operators, n_features = values.shape
-    figure = _figure(max(5.0, 0.17 * n_features + 2.8), max(2.6, 0.16 * n_operators + 2.2))
+    figure = _figure(max(5.0, 0.17 * n_features + 2.8), max(3.2, 0.16 * n_operators + 2.2))
     axes = figure.subplots()
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=NAN_COLOUR)
     image = axes.imshow(
@@ -293,7 +301,7 @@ def feature_heatmap(
     axes.set_xlabel("feature")
     axes.set_ylabel("operator")
     bar = figure.colorbar(image, ax=axes, extend="both", fraction=0.05)
-    bar.set_label("z-score per feature (across these operators)")
+    bar.set_label("z-score per feature")  # how each column was normalised: the caption says the rest
     caption = (
         f"{title}: operators {_operator_list(operator_indices)} (rows) by {n_features} features (columns). "
         f"Each column is normalised on its own: (value − column mean) / column standard deviation across "

@@ -113,6 +113,18 @@ def test_energy_curves_label_operators_with_their_family_and_say_when_all_diverg
     decode(preview.png)
 
 
+def test_energy_within_one_decade_is_labelled_with_plain_numbers() -> None:
+    data = np.ones((1, 1, 5, 1, 10), dtype=np.float32)
+    data[0, 0, :, 0, 4] = np.linspace(0.840, 0.848, 5)
+    panel = data_axes(energy(data).figure)[0]
+    panel.figure.canvas.draw()
+    labels = [
+        t.get_text() for t in panel.get_yticklabels(minor=True) + panel.get_yticklabels() if t.get_text()
+    ]
+    assert labels and all("10^" not in label and "times" not in label for label in labels), labels
+    assert "0.844" in labels
+
+
 def test_energy_curves_reject_a_column_outside_k() -> None:
     with pytest.raises(IndexError):
         plots.energy_curves(series(k=3), energy_column=3, operator_indices=range(4))
@@ -157,7 +169,7 @@ def test_feature_heatmap_z_scores_each_column_and_names_every_feature() -> None:
     assert image.get_clim() == (-plots.Z_LIMIT, plots.Z_LIMIT)
     words = texts(preview.figure)
     assert {"feature_0", "feature_1", "feature_2", "8", "12", "operator", "feature"} <= words
-    assert "z-score per feature (across these operators)" in words  # the colour bar's label
+    assert "z-score per feature" in words  # the colour bar's label
     assert "8–12" in preview.caption and "standard deviation" in preview.caption
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "open_asset",
     "run_ids_in_url",
     "save_screenshot",
+    "settled",
     "show_markdown",
     "tick_in_catalog",
     "wait_for_backfill",
@@ -65,6 +66,7 @@ def save_screenshot(page: Page, name: str) -> Path:
 def doc_screenshot(page: Page, name: str) -> Path:
     """What the browser window shows (1400x900, not the full page) at ``docs/images/<name>.png``."""
     path = DOC_IMAGES / f"{name}.png"
+    settled(page)
     page.screenshot(path=str(path))
     return path
 
@@ -230,7 +232,14 @@ def show_markdown(scope: Page | Locator, label: str) -> Locator:
     metadata_row(scope, label).get_by_text("[Show Markdown]").click()
     dialog = page.get_by_role("dialog").filter(has_text=label)
     expect(dialog.locator("img")).to_be_visible()  # the figure (icons are divs with role img)
+    settled(page)
     return dialog
+
+
+def settled(page: Page) -> None:
+    """Wait for the page's running CSS animations (a dialog fading in) to finish, so that a screenshot
+    shows what a person sees once it has opened."""
+    page.evaluate("() => Promise.all(document.getAnimations().map(animation => animation.finished))")
 
 
 def run_ids_in_url(url: str) -> list[str]:
