@@ -237,9 +237,13 @@ def show_markdown(scope: Page | Locator, label: str) -> Locator:
 
 
 def settled(page: Page) -> None:
-    """Wait for the page's running CSS animations (a dialog fading in) to finish, so that a screenshot
-    shows what a person sees once it has opened."""
-    page.evaluate("() => Promise.all(document.getAnimations().map(animation => animation.finished))")
+    """Wait for the page's finite CSS animations (a dialog fading in; not endless spinners) to finish, so
+    that a screenshot shows what a person sees once it has opened."""
+    page.evaluate(
+        """() => Promise.all(document.getAnimations()
+            .filter(animation => animation.effect?.getComputedTiming().endTime !== Infinity)
+            .map(animation => animation.finished.catch(() => null)))"""
+    )
 
 
 def run_ids_in_url(url: str) -> list[str]:
