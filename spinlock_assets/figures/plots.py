@@ -71,7 +71,7 @@ def _figure(width_in: float, height_in: float) -> Figure:
 
 
 def _operator_list(indices: Sequence[int]) -> str:
-    """ "128-131" for consecutive indices, else "3, 7, 9"."""
+    """``128–131`` for three or more consecutive indices, else ``3, 7, 9``."""
     values = [int(i) for i in indices]
     if len(values) > 2 and values == list(range(values[0], values[0] + len(values))):
         return f"{values[0]}–{values[-1]}"
