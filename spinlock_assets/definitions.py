@@ -16,7 +16,7 @@ import dagster as dg
 
 from .core.spec import DEFAULT_SPEC_PATH, DatasetSpec, load_spec
 from .defs.constants import DATA_ROOT_ENV_VAR, DEFAULT_DATA_ROOT, PLUGINS_ENV_VAR, SPEC_ENV_VAR
-from .defs.dataset import build_dataset_asset
+from .defs.dataset import build_dataset_asset, build_dataset_sensor
 from .defs.features import build_feature_assets
 from .defs.generation import build_generation_assets
 from .defs.io_manager import IO_MANAGER_KEY, HDF5ShardIOManager
@@ -60,6 +60,7 @@ def build_definitions(
         asset_checks=build_checks(partitions, shard_assets),
         jobs=[*build_jobs([integrity_check_key(a) for a in generation_assets]), verification_job],
         schedules=[build_verification_schedule(verification_job, partitions, generation_assets)],
+        sensors=[build_dataset_sensor()],
         # One process per run: a step process would re-import torch (seconds) for a few seconds of work.
         # Shards are the unit of parallelism: backfills run one run per shard, concurrently.
         executor=dg.in_process_executor,

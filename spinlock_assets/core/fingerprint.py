@@ -17,7 +17,13 @@ import hashlib
 import json
 from importlib import metadata
 
-__all__ = ["configure_determinism", "execution_fingerprint", "fingerprint_id", "package_version"]
+__all__ = [
+    "configure_determinism",
+    "execution_fingerprint",
+    "fingerprint_id",
+    "inputs_fingerprint",
+    "package_version",
+]
 
 
 def package_version() -> str:
@@ -56,6 +62,17 @@ def execution_fingerprint(device: str = "cpu") -> dict[str, str]:
             mkldnn=str(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
         )
     return fingerprint
+
+
+def inputs_fingerprint() -> dict[str, str]:
+    """What parameters and initial conditions are computed with: numpy and scipy on the host, whatever
+    device the rollouts later run on (no torch is involved)."""
+    return {
+        "numpy": metadata.version("numpy"),
+        "scipy": metadata.version("scipy"),
+        "device_type": "cpu",
+        "package": package_version(),
+    }
 
 
 def fingerprint_id(fingerprint: dict[str, str]) -> str:

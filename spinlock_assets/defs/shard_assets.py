@@ -7,8 +7,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
+import numpy as np
 
-from spinlock_assets.figures import plots
 from spinlock_assets.storage.operator_arrays import stored_records
 
 from .io_manager import ShardOutput
@@ -16,9 +16,10 @@ from .resources import DatasetResource
 
 if TYPE_CHECKING:
     from spinlock_assets.core.record import OperatorRecord
+    from spinlock_assets.figures.plots import Preview
     from spinlock_assets.storage import ShardContents
 
-__all__ = ["arrays_of", "load_records", "preview", "shard_output"]
+__all__ = ["arrays_of", "finite_mean", "load_records", "preview", "shard_output"]
 
 
 def arrays_of(contents: ShardContents) -> dict[str, Any]:
@@ -45,9 +46,16 @@ def load_records(
     )
 
 
-def preview(png: bytes, alt: str) -> dg.MetadataValue:
-    """A small rendered image for the UI's metadata panel."""
-    return dg.MetadataValue.md(plots.markdown_image(png, alt))
+def preview(figure: Preview) -> dg.MetadataValue:
+    """A figure with its caption for the UI's metadata panel ("[Show Markdown]" opens it)."""
+    return dg.MetadataValue.md(figure.markdown())
+
+
+def finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite entries as numeric metadata (NaN when there is none, e.g. all diverged)."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 def shard_output(output: ShardOutput, **metadata: Any) -> dg.Output:

@@ -65,7 +65,8 @@ def test_info_text_describes_spec_groups_fingerprints_and_validation(data: Path,
     assert lines["/parameters"] == ["12/12"]
     assert lines["/verification"] == ["12/12"]
     assert lines["/features/spectral"] == ["4/12", "1.0.0"]
-    assert "fingerprints  1 distinct" in out
+    # the rollout's fingerprint (base features) and the inputs' (numpy/scipy, no torch) differ by design
+    assert "fingerprints  2 distinct" in out
     assert out.rstrip().endswith("validation    ok")
 
 
@@ -82,7 +83,7 @@ def test_info_json_is_one_object_matching_the_file(data: Path, capsys) -> None:
     assert (info["n_operators"], info["shard_size"], info["n_shards"]) == (12, 4, 3)
     assert (info["grid"], info["channels"], info["steps"], info["realizations"]) == ([16, 16], 2, 6, 3)
     assert info["spec_hash"] == tiny_spec().spec_hash
-    assert [fp["device_type"] for fp in info["fingerprints"]] == ["cpu"]
+    assert [fp["device_type"] for fp in info["fingerprints"]] == ["cpu", "cpu"]  # rollout and inputs
     assert info["problems"] == []
 
 

@@ -18,6 +18,7 @@ from spinlock_assets.storage.store import ShardStore
 
 from ..constants import DATASET_GROUP, OWNERS
 from ..resources import DatasetResource
+from .automation import rebuild_after_upstream_updates
 
 __all__ = ["build_dataset_asset", "recorded_sha256"]
 
@@ -66,12 +67,14 @@ def build_dataset_asset(
         kinds={"hdf5"},
         owners=OWNERS,
         pool="h5-consolidate",
+        automation_condition=rebuild_after_upstream_updates(),
     )
     def dataset(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
-        """The single-file view dataset.h5 (/parameters, /inputs, /features/<family>, /verification,
-        /metadata) over all shard files, readable with plain h5py. Shards or families not materialized yet
-        are left out or masked (present = 0, never zeros), so it can be built at any time: confirm when the
-        UI warns about unmaterialized upstream partitions."""
+        """The single-file view `dataset.h5` (`/parameters`, `/inputs`, `/features/<family>`,
+        `/verification`, `/metadata`) over all shard files, readable with plain h5py. Shards or families not
+        materialized yet are left out or masked (`present = 0`, never zeros), so it can be built at any
+        time: confirm when the UI warns about unmaterialized upstream partitions. The `rebuild_dataset`
+        sensor rebuilds it after new shards or families land."""
         spec = dataset.spec
         candidates = [*FIXED_SOURCES, *(family_source(f.name, [a.name for a in f.arrays]) for f in families)]
         # A family never materialized has no place in the file yet; a partly materialized one is masked.
