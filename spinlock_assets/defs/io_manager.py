@@ -107,6 +107,11 @@ def upstream_shard_failure(consumer: str, asset: str, shard_key: str, error: Sto
             f"{consumer} cannot read its input: {problem}. Run {job} for partition {shard_key} first "
             f"(or materialize {asset} for {shard_key} from its asset page), then re-run this partition."
         ),
-        metadata={"input_asset": asset, "partition": shard_key, "run_first": job, "error": str(error)},
+        metadata={
+            "input_asset": asset,
+            "partition": shard_key,
+            "run_first": job,
+            "error": f"{type(error).__name__}: {error}",
+        },
         allow_retries=False,  # a retry would read the same file
     )

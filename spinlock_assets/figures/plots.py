@@ -219,31 +219,40 @@ def _energy_panel(axes: Axes, time: np.ndarray, energy: np.ndarray, title: str) 
 def feature_matrix(
     data: np.ndarray,
     axes: Sequence[str],
-    field_names: Sequence[str],
+    field_names: Sequence[str] | None,
     axis_labels: dict[str, Sequence[str]] | None = None,
-) -> tuple[np.ndarray, str]:
-    """Operators by features of a stored feature array, and a description of the slice taken.
+) -> tuple[np.ndarray, list[str], str]:
+    """Operators by features of a stored feature array, the column names, and the slice taken.
 
-    ``data`` has ``axes`` (``"operator"`` first, one ``"feature"`` axis named by ``field_names``); every
-    other axis is cut at its first entry (channel 0, realization 0, the first statistic) and the cut is
-    named, e.g. ``"channel 0, statistic time_mean"``, so the caption can say what the map shows.
+    ``data`` has ``axes`` (``"operator"`` first). The columns are its ``"feature"`` axis, named by
+    ``field_names``; an array without one (a plugin family's ``("realization", "channel")``) shows its
+    last axis, named by its labels or ``"channel 0"``, ``"channel 1"``, .... Every other axis is cut at
+    its first entry (channel 0, realization 0, the first statistic) and the cut is named, e.g.
+    ``"channel 0, statistic time_mean"``, so the caption can say what the map shows.
     """
     data = np.asarray(data)
-    if len(axes) != data.ndim or axes[0] != "operator" or "feature" not in axes:
-        raise ValueError(f"need axes ('operator', ..., 'feature', ...) for shape {data.shape}, got {axes}")
+    if len(axes) != data.ndim or axes[0] != "operator":
+        raise ValueError(f"need axes ('operator', ...) for shape {data.shape}, got {axes}")
     labels = axis_labels or {}
+    if data.ndim == 1:  # one value per operator
+        return data[:, None], ["value"], ""
+    columns = "feature" if "feature" in axes else axes[-1]
+    if columns == "feature":
+        names = list(field_names or ())
+    else:
+        names = list(labels.get(columns) or [f"{columns} {i}" for i in range(data.shape[-1])])
     index: list[int | slice] = []
     cuts: list[str] = []
     for axis in axes:
-        if axis in ("operator", "feature"):
+        if axis in ("operator", columns):
             index.append(slice(None))
             continue
         index.append(0)
         cuts.append(f"{axis} {labels[axis][0] if axis in labels else 0}")
     matrix = data[tuple(index)]
-    if len(field_names) != matrix.shape[1]:
-        raise ValueError(f"{len(field_names)} field names for {matrix.shape[1]} features")
-    return matrix, ", ".join(cuts)
+    if len(names) != matrix.shape[1]:
+        raise ValueError(f"{len(names)} field names for {matrix.shape[1]} features")
+    return matrix, names, ", ".join(cuts)
 
 
 def _z_scores(matrix: np.ndarray) -> np.ndarray:

@@ -104,7 +104,7 @@ def rewrite_shard(
 
 
 def error_text(result) -> str:
-    """Every error message (with causes) of a run's failure events, as one string."""
+    """Every error message (with causes and a Failure's metadata) of a run's failure events, as one string."""
     texts = []
 
     def collect(info) -> None:
@@ -115,6 +115,9 @@ def error_text(result) -> str:
 
     for event in result.all_events:
         collect(getattr(event.event_specific_data, "error", None))
+        failure = getattr(event.event_specific_data, "user_failure_data", None)
+        if failure is not None:  # a dg.Failure keeps the storage error it wraps in its metadata
+            texts.extend(f"{key}: {value.value}" for key, value in failure.metadata.items())
     return "\n".join(texts)
 
 

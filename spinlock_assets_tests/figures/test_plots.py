@@ -180,18 +180,34 @@ def test_feature_heatmap_requires_one_name_per_column() -> None:
 
 def test_feature_matrix_cuts_other_axes_at_their_first_entry_and_names_the_cut() -> None:
     data = np.arange(2 * 3 * 4 * 2, dtype=np.float32).reshape(2, 3, 4, 2)
-    matrix, cut = plots.feature_matrix(
+    matrix, columns, cut = plots.feature_matrix(
         data,
         ("operator", "channel", "feature", "statistic"),
         ["a", "b", "c", "d"],
         {"statistic": ("time_mean", "time_std")},
     )
     np.testing.assert_array_equal(matrix, data[:, 0, :, 0])
-    assert cut == "channel 0, statistic time_mean"
-    plain, none = plots.feature_matrix(data[:, 0, :, 0], ("operator", "feature"), ["a", "b", "c", "d"])
+    assert columns == ["a", "b", "c", "d"] and cut == "channel 0, statistic time_mean"
+    plain, _, none = plots.feature_matrix(data[:, 0, :, 0], ("operator", "feature"), ["a", "b", "c", "d"])
     assert none == "" and plain.shape == (2, 4)
-    with pytest.raises(ValueError):
-        plots.feature_matrix(data, ("operator", "channel", "x", "statistic"), ["a"])
+    with pytest.raises(ValueError, match="field names"):
+        plots.feature_matrix(data, ("operator", "channel", "feature", "statistic"), ["a"])
+    with pytest.raises(ValueError, match="need axes"):
+        plots.feature_matrix(data, ("channel", "operator", "x", "statistic"), ["a"])
+
+
+def test_feature_matrix_of_an_array_without_a_feature_axis_shows_its_last_axis() -> None:
+    """A plugin family may store ``("realization", "channel")`` per operator: its map shows the channels."""
+    data = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    matrix, columns, cut = plots.feature_matrix(data, ("operator", "realization", "channel"), ())
+    np.testing.assert_array_equal(matrix, data[:, 0, :])
+    assert columns == ["channel 0", "channel 1"] and cut == "realization 0"
+    labelled, columns, _ = plots.feature_matrix(
+        data, ("operator", "realization", "channel"), None, {"channel": ("u", "v")}
+    )
+    assert columns == ["u", "v"]
+    per_operator, columns, _ = plots.feature_matrix(data[:, 0, 0], ("operator",), None)
+    assert per_operator.shape == (2, 1) and columns == ["value"]
 
 
 @pytest.mark.parametrize(

@@ -132,6 +132,8 @@ def _feature_map(
     """The family's summary (else its first array) as an operators-by-named-features heat map."""
     name = "summary" if "summary" in arrays else next(iter(arrays))
     shown = arrays[name]
-    matrix, cut = plots.feature_matrix(shown.data, shown.axes, shown.field_names, dict(shown.axis_labels))
+    matrix, columns, cut = plots.feature_matrix(
+        shown.data, shown.axes, shown.field_names, dict(shown.axis_labels)
+    )
     title = f"{family.name} / {name}" + (f" ({cut})" if cut else "")
-    return plots.feature_heatmap(matrix, shown.field_names, operator_indices=operator_indices, title=title)
+    return plots.feature_heatmap(matrix, columns, operator_indices=operator_indices, title=title)
