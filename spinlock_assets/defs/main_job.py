@@ -73,7 +73,8 @@ def _main(args: argparse.Namespace) -> int:
 
     home = Path(args.dagster_home)
     with exclusive(home / LOCK_FILE, what=PROG):  # creation and migration, once
-        prepare_instance(home)
+        for run_id in prepare_instance(home):
+            print(f"run {run_id}: its worker process is gone (killed?); marked failed", file=sys.stderr)
 
     import dagster as dg
 

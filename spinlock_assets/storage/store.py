@@ -27,7 +27,7 @@ from spinlock_assets.storage.shard_file import (
     write_shard_file,
 )
 
-__all__ = ["ShardStore"]
+__all__ = ["ShardStore", "pid_alive"]
 
 _ASSET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -138,7 +138,7 @@ class ShardStore:
             parsed = parse_temp_name(entry.name)
             if parsed is None or not entry.is_file():
                 continue
-            if now - entry.stat().st_mtime >= min_age_s and not _pid_alive(parsed[1]):
+            if now - entry.stat().st_mtime >= min_age_s and not pid_alive(parsed[1]):
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
         return sorted(removed)
@@ -157,7 +157,8 @@ class ShardStore:
             )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (a process of another user counts)."""
     if os.name != "posix":
         return True  # on Windows os.kill(pid, 0) would send CTRL_C_EVENT; keep the file instead
     try:

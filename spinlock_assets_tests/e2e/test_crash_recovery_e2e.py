@@ -1,12 +1,15 @@
-"""SIGKILL of a whole ``dagster dev`` (webserver, daemon, code server, run worker) mid-run: with the
-project's run monitoring (``defs/instance.py``), the restarted daemon marks the dead run FAILURE instead
-of leaving it STARTED forever, the shard it was writing is absent or whole, and relaunching finishes it."""
+"""SIGKILL of a whole ``dagster dev`` (webserver, daemon, code server, run worker) mid-run: reopening the
+instance as ``scripts/ui.sh`` does (``python -m spinlock_assets.defs.instance``) marks the dead run FAILURE
+instead of leaving it STARTED forever (Dagster's default run launcher gives run monitoring no worker
+health check), the shard it was writing is absent or whole, and relaunching finishes it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -16,7 +19,7 @@ from spinlock_assets.defs.jobs import GENERATION_JOB
 from spinlock_assets.storage import ShardStore
 from spinlock_assets_tests.conftest import tiny_spec
 from spinlock_assets_tests.defs.helpers import GENERATION, SHARDS
-from spinlock_assets_tests.e2e.dagster_dev import DagsterDev, poll
+from spinlock_assets_tests.e2e.dagster_dev import REPO_ROOT, DagsterDev, poll
 from spinlock_assets_tests.faults.helpers import temp_files
 
 
@@ -42,9 +45,17 @@ def test_a_run_killed_with_dagster_dev_is_failed_by_monitoring_after_restart(tmp
         first.process.wait(timeout=30)
         first._stopped = True
         first._log_file.close()
+    reopened = subprocess.run(
+        [sys.executable, "-m", "spinlock_assets.defs.instance", str(first.dagster_home)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert reopened.returncode == 0 and f"run {run_id}: its worker process is gone" in reopened.stderr
     second = DagsterDev.start(tmp_path, spec, instance_yaml=_monitoring_yaml())
     try:
-        assert second.wait_run(run_id, timeout=300) == "FAILURE"
+        assert second.run(run_id)["status"] == "FAILURE"
         store = ShardStore(second.data_root)
         for asset in GENERATION:  # a shard is whole or absent, never half-written
             if store.exists(asset, SHARDS[0]):
