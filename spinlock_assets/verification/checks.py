@@ -44,10 +44,15 @@ def _shard_records(dataset: DatasetResource, partition_key: str, indices: Sequen
     return [r for r in load_records(dataset, *contents) if r.index in set(indices)]
 
 
-def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str]) -> list:
-    """The replay and finite checks on ``base_features`` and an integrity check per shard asset."""
+def build_checks(
+    partitions: dg.PartitionsDefinition, shard_assets: Sequence[str], rollout_pool: str | None = None
+) -> list:
+    """The replay and finite checks on ``base_features`` and an integrity check per shard asset; the
+    replay check runs in ``rollout_pool`` (the GPU pool when rollouts run on a GPU)."""
 
-    @dg.asset_check(asset="base_features", name=REPLAY_CHECK, partitions_def=partitions, blocking=True)
+    @dg.asset_check(
+        asset="base_features", name=REPLAY_CHECK, partitions_def=partitions, blocking=True, pool=rollout_pool
+    )
     def replay_matches_stored_digests(
         context: dg.AssetCheckExecutionContext,
         config: ReplaySample,
