@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from typing import Any
 
 from celery import Celery
@@ -24,6 +25,7 @@ from dagster import DagsterInstance
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import unpack_value
 from dagster_celery.launcher import CeleryRunLauncher
+from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 from dagster_celery.tasks import create_execute_job_task
 
 from ..constants import DEVICE_ENV_VAR
@@ -35,6 +37,7 @@ WORKER_TAG = "spinlock/worker"
 DEVICE_TAG = "spinlock/device"
 FINGERPRINT_TAG = "spinlock/fingerprint"
 FINGERPRINT_ID_TAG = "spinlock/fingerprint_id"
+TASK_ID_TAG_TIMEOUT_S = 10.0
 
 
 def _launcher_app() -> Celery:
@@ -78,5 +81,15 @@ def _worker_tags() -> dict[str, str]:
 def _tag_run(task: Any = None, kwargs: dict | None = None, **_: Any) -> None:
     if task is None or task.name != execute_job.name or not kwargs:
         return
-    args = unpack_value(kwargs["execute_job_args_packed"], as_type=ExecuteRunArgs)
-    _instance().add_run_tags(args.run_id, {WORKER_TAG: str(task.request.hostname), **_worker_tags()})
+    run_id = unpack_value(kwargs["execute_job_args_packed"], as_type=ExecuteRunArgs).run_id
+    instance = _instance()
+    # add_run_tags rewrites the run's whole tag set (read, merge, write): wait until the launcher has
+    # written the Celery task id tag, or one of the two writes would drop the other's tags, and run
+    # monitoring cannot find a run's task without that tag.
+    deadline = time.monotonic() + TASK_ID_TAG_TIMEOUT_S
+    while time.monotonic() < deadline:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.tags.get(DAGSTER_CELERY_TASK_ID_TAG) == task.request.id:
+            break
+        time.sleep(0.02)
+    instance.add_run_tags(run_id, {WORKER_TAG: str(task.request.hostname), **_worker_tags()})

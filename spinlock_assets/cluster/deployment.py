@@ -50,6 +50,7 @@ class Deployment:
     directory: Path
     cpu_workers: int = 2
     cuda_workers: int = 0
+    launcher: str = "celery"  # or "process": Dagster's default launcher, no workers (a baseline)
     spec: str = ""  # SPINLOCK_SPEC; empty: the package default
     data_root: str = ""  # SPINLOCK_DATA_ROOT; empty: <directory>/data
     webserver_port: int = 0
@@ -264,6 +265,7 @@ def up(
     spec: str = "",
     data_root: str = "",
     webserver_port: int = 0,
+    launcher: str = "celery",
     timeout: float = STARTUP_TIMEOUT_S,
 ) -> Deployment:
     """Start everything under ``directory`` and wait until it serves; ``DeploymentError`` (after
@@ -276,6 +278,7 @@ def up(
         directory,
         cpu_workers=cpu_workers,
         cuda_workers=cuda_workers,
+        launcher=launcher,
         spec=str(Path(spec).absolute()) if spec else "",
         data_root=str(Path(data_root).absolute()) if data_root else "",
         webserver_port=webserver_port or free_port(),
@@ -284,7 +287,9 @@ def up(
         redis_port=free_port(),
         postgres_dir=str(_postgres_dir(directory)),
     )
-    instance_yaml = render_instance_yaml(cpu_workers=cpu_workers, cuda_workers=cuda_workers)
+    instance_yaml = render_instance_yaml(
+        cpu_workers=cpu_workers, cuda_workers=cuda_workers, launcher=launcher
+    )
     deployment.dagster_home.mkdir(exist_ok=True)
     (deployment.dagster_home / "dagster.yaml").write_text(instance_yaml)
     (directory / "workspace.yaml").write_text(
@@ -306,20 +311,16 @@ def _start(deployment: Deployment, timeout: float) -> None:
     deployment.redis.start()
     bin_dir = Path(sys.executable).parent
     # The GPU pool admits one step per GPU (at least one slot, so a lone cuda run still proceeds).
-    subprocess.run(
-        [
-            str(bin_dir / "dagster"),
-            "instance",
-            "concurrency",
-            "set",
-            "gpu",
-            str(max(deployment.cuda_workers, 1)),
-        ],
+    command = [str(bin_dir / "dagster"), "instance", "concurrency", "set", "gpu"]
+    result = subprocess.run(
+        [*command, str(max(deployment.cuda_workers, 1))],
         env=deployment.environment(),
-        check=True,
         capture_output=True,
+        text=True,
         cwd=deployment.directory,
     )
+    if result.returncode:
+        raise DeploymentError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     workspace = str(deployment.directory / "workspace.yaml")
     deployment.start_process(
         "code-server",
@@ -337,8 +338,10 @@ def _start(deployment: Deployment, timeout: float) -> None:
             "spinlock_assets",
         ],
     )
-    workers = [deployment.start_worker("cpu", i) for i in range(1, deployment.cpu_workers + 1)]
-    workers += [deployment.start_worker("cuda", i) for i in range(1, deployment.cuda_workers + 1)]
+    workers = []
+    if deployment.launcher == "celery":
+        workers += [deployment.start_worker("cpu", i) for i in range(1, deployment.cpu_workers + 1)]
+        workers += [deployment.start_worker("cuda", i) for i in range(1, deployment.cuda_workers + 1)]
     wait_for_port(deployment.code_server_port, timeout=timeout, what="the code server")
     deployment.start_process(
         "webserver",

@@ -40,16 +40,28 @@ def _render(template: Path, values: Mapping[str, Any]) -> str:
     return string.Template(template.read_text()).substitute({k: str(v) for k, v in values.items()})
 
 
-def render_instance_yaml(*, cpu_workers: int, cuda_workers: int = 0) -> str:
-    """``dagster.yaml`` for ``cpu_workers`` + ``cuda_workers`` Celery workers of one run each."""
+def render_instance_yaml(*, cpu_workers: int, cuda_workers: int = 0, launcher: str = "celery") -> str:
+    """``dagster.yaml`` for ``cpu_workers`` + ``cuda_workers`` Celery workers of one run each. With
+    ``launcher="process"`` the run launcher is Dagster's default instead (a new process per run, the
+    baseline of ``benchmarks/bench_cluster.py``), everything else unchanged."""
     if cpu_workers < 0 or cuda_workers < 0 or cpu_workers + cuda_workers == 0:
-        raise ValueError(
-            f"need at least one worker, got cpu_workers={cpu_workers}, cuda_workers={cuda_workers}"
-        )
-    return _render(
+        raise ValueError(f"need at least one worker: cpu_workers={cpu_workers}, cuda_workers={cuda_workers}")
+    if launcher not in ("celery", "process"):
+        raise ValueError(f"launcher must be 'celery' or 'process', got {launcher!r}")
+    text = _render(
         CELERY_INSTANCE_TEMPLATE,
         {"max_runs": cpu_workers + cuda_workers, "cpu_workers": cpu_workers, "cuda_workers": cuda_workers},
     )
+    if launcher == "process":
+        import yaml
+
+        config = yaml.safe_load(text)
+        del config["run_launcher"]
+        text = (
+            "# deploy/dagster.celery.yaml without its run launcher: one process per run\n"
+            + yaml.safe_dump(config)
+        )
+    return text
 
 
 def render_workspace_yaml(*, host: str, port: int) -> str:
