@@ -109,7 +109,9 @@ def wait_backfill(instance: dg.DagsterInstance, backfill_id: str, timeout: float
     try:
         return poll(finished, timeout=timeout, what=f"backfill {backfill_id}", interval=1.0)
     except TimeoutError as error:
-        runs = "\n".join(f"  {r.run_id} {r.status.value} {r.tags}" for r in backfill_runs(instance, backfill_id))
+        runs = "\n".join(
+            f"  {r.run_id} {r.status.value} {r.tags}" for r in backfill_runs(instance, backfill_id)
+        )
         raise TimeoutError(f"{error}\n{runs}") from None
 
 

@@ -1,0 +1,217 @@
+"""End-to-end on the real deployment: PostgreSQL instance, Redis broker, two warm Celery run workers, a
+gRPC code server, the webserver and the daemon, all started here by ``spinlock_assets.cluster``.
+
+One deployment is shared by the module (starting one costs ~30 s on two cores). The tests run in order
+on disjoint partitions of one data root, so each later test also proves that what the earlier ones
+stored does not change: 8 shards through the daemon, 2 with a worker SIGKILLed mid-run, 2 with Redis
+stopped mid-backfill.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import DagsterRunStatus
+
+from spinlock_assets.cluster.celery_app import FINGERPRINT_ID_TAG, FINGERPRINT_TAG, WORKER_TAG
+from spinlock_assets.cluster.deployment import Deployment, down, up
+from spinlock_assets.core.fingerprint import fingerprint_id
+from spinlock_assets.core.verification import verify
+from spinlock_assets.definitions import build_definitions
+from spinlock_assets.storage import ShardStore
+from spinlock_assets.storage.operator_arrays import stored_records
+from spinlock_assets_tests.conftest import tiny_spec
+
+from .helpers import (
+    GENERATION_ASSETS,
+    array_contents,
+    backfill_runs,
+    cluster_instance,
+    launch_backfill,
+    materialized_partitions,
+    poll,
+    temp_files,
+    wait_backfill,
+)
+
+pytestmark = pytest.mark.slow
+
+SHARD_SIZE = 64  # a base_features step of ~1 s: long enough to be killed in the middle
+SPEC = tiny_spec(n_operators=12 * SHARD_SIZE, shard_size=SHARD_SIZE, grid=(8, 8), channels=1, steps=4,
+                 realizations=1, name="cluster")  # fmt: skip
+KEYS = [f"ops-{i * SHARD_SIZE:06d}-{(i + 1) * SHARD_SIZE - 1:06d}" for i in range(12)]
+FIRST, KILLED, REDIS = KEYS[:8], KEYS[8:10], KEYS[10:12]
+BACKFILL_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory) -> Iterator[Deployment]:
+    directory = tmp_path_factory.mktemp("cluster")
+    spec_path = directory / "spec.json"
+    spec_path.write_text(SPEC.to_json())
+    deployment = up(directory / "deployment", cpu_workers=2, spec=str(spec_path))
+    try:
+        yield deployment
+    finally:
+        down(deployment.directory)  # raises if any process had to be SIGKILLed
+        shutil.rmtree(deployment.postgres_dir, ignore_errors=True)
+    assert not [name for name in deployment.processes if deployment.alive(name)]
+
+
+@pytest.fixture(scope="module")
+def instance(deployment: Deployment) -> Iterator[dg.DagsterInstance]:
+    with cluster_instance(deployment) as instance:
+        yield instance
+
+
+def data_root(deployment: Deployment) -> Path:
+    return Path(deployment.environment()["SPINLOCK_DATA_ROOT"])
+
+
+def file_states(root: Path) -> dict[Path, tuple[str, int]]:
+    """sha256 and modification time of every published file under ``root``."""
+    return {
+        path: (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*.h5"))
+    }
+
+
+def replay_statuses(root: Path, keys: list[str]) -> set[str]:
+    """Replay every operator of the shards ``keys`` from their files; the set of verification statuses."""
+    store = ShardStore(root)
+    statuses = set()
+    for key in keys:
+        params, ics, base = (store.read(asset, key) for asset in GENERATION_ASSETS)
+        records = stored_records(
+            SPEC,
+            {name: array.data for name, array in params.arrays.items()},
+            {name: array.data for name, array in ics.arrays.items()},
+            {name: array.data for name, array in base.arrays.items()},
+            json.loads(base.attrs["fingerprint_json"]),
+        )
+        statuses |= {verify(record).status for record in records}
+    return statuses
+
+
+def assert_complete_and_exact(instance: dg.DagsterInstance, root: Path, keys: list[str]) -> None:
+    for asset in GENERATION_ASSETS:
+        counts = materialized_partitions(instance, asset)
+        assert {key: counts.get(key) for key in keys} == dict.fromkeys(keys, 1), asset
+        assert sorted(p.name for p in (root / asset).iterdir() if p.name in {f"{k}.h5" for k in keys}) == [
+            f"{key}.h5" for key in keys
+        ]
+    assert replay_statuses(root, keys) == {"exact"}
+    assert temp_files(root) == []
+
+
+def test_backfill_runs_on_two_warm_workers_once_per_shard_and_bit_identical_to_in_process(
+    deployment: Deployment, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    backfill_id = launch_backfill(deployment, FIRST)
+    assert wait_backfill(instance, backfill_id, BACKFILL_TIMEOUT_S) == "COMPLETED_SUCCESS"
+    runs = backfill_runs(instance, backfill_id)
+    assert sorted(run.tags["dagster/partition"] for run in runs) == FIRST
+    assert {run.status for run in runs} == {DagsterRunStatus.SUCCESS}
+    assert {run.tags[WORKER_TAG].split("@")[0] for run in runs} == {"cpu1", "cpu2"}  # both workers ran
+
+    root = data_root(deployment)
+    assert_complete_and_exact(instance, root, FIRST)
+
+    # The worker's fingerprint is on its runs, and is the one the shards it wrote record.
+    for run in runs:
+        fingerprint = json.loads(run.tags[FINGERPRINT_TAG])
+        assert run.tags[FINGERPRINT_ID_TAG] == fingerprint_id(fingerprint)
+        [record] = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("base_features"), asset_partitions=[run.tags["dagster/partition"]]
+            ),
+            limit=1,
+        ).records
+        assert record.run_id == run.run_id
+        assert record.asset_materialization.metadata["fingerprint"].value == fingerprint
+
+    # The same partitions materialized in this process, into another root: the same arrays, bit for bit
+    # (the files' own bytes differ: they record their creation time).
+    local_root = tmp_path / "in_process"
+    defs = build_definitions(SPEC, local_root)
+    with dg.instance_for_test() as local_instance:
+        for key in FIRST:
+            result = dg.materialize(
+                list(defs.assets), selection=GENERATION_ASSETS, partition_key=key,
+                resources=defs.resources, instance=local_instance,
+            )  # fmt: skip
+            assert result.success
+    for asset in GENERATION_ASSETS:
+        for key in FIRST:
+            cluster_file, local_file = root / asset / f"{key}.h5", local_root / asset / f"{key}.h5"
+            assert array_contents(cluster_file) == array_contents(local_file), f"{asset} {key}"
+
+
+def _pid_running_step(instance: dg.DagsterInstance, backfill_id: str, step: str) -> tuple[str, int] | None:
+    for run in backfill_runs(instance, backfill_id):
+        for record in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_START).records:
+            event = record.event_log_entry.dagster_event
+            if event is not None and event.step_key == step:
+                return run.run_id, event.pid
+    return None
+
+
+def test_a_worker_killed_mid_run_fails_the_run_and_its_retry_completes_the_shard(
+    deployment: Deployment, instance: dg.DagsterInstance
+) -> None:
+    root = data_root(deployment)
+    before = file_states(root)
+    backfill_id = launch_backfill(deployment, KILLED)
+    run_id, pid = poll(
+        lambda: _pid_running_step(instance, backfill_id, "base_features"),
+        timeout=BACKFILL_TIMEOUT_S, what="a run in its base_features step", interval=0.05,
+    )  # fmt: skip
+    os.kill(pid, signal.SIGKILL)  # the worker's pool process, in the middle of the rollout
+
+    assert wait_backfill(instance, backfill_id, BACKFILL_TIMEOUT_S) == "COMPLETED_SUCCESS"
+    runs = backfill_runs(instance, backfill_id)
+    killed = instance.get_run_by_id(run_id)
+    assert killed is not None and killed.status == DagsterRunStatus.FAILURE
+    [retry] = [run for run in runs if run.tags.get("dagster/parent_run_id") == run_id]
+    assert retry.status == DagsterRunStatus.SUCCESS
+    assert retry.tags["dagster/partition"] == killed.tags["dagster/partition"]
+
+    assert_complete_and_exact(instance, root, KILLED)
+    assert {path: state for path, state in file_states(root).items() if path in before} == before
+    assert all(deployment.alive(name) for name in deployment.workers())  # Celery replaced the process
+
+
+def test_redis_stopped_mid_backfill_then_restarted_loses_nothing(
+    deployment: Deployment, instance: dg.DagsterInstance
+) -> None:
+    root = data_root(deployment)
+    before = file_states(root)
+    backfill_id = launch_backfill(deployment, REDIS)
+    poll(lambda: backfill_runs(instance, backfill_id) or None, timeout=BACKFILL_TIMEOUT_S, what="first run")
+    deployment.redis.stop()
+    time.sleep(5)  # launches fail meanwhile; a run already in a worker goes on (its state is in PostgreSQL)
+    deployment.redis.start()
+
+    status = wait_backfill(instance, backfill_id, BACKFILL_TIMEOUT_S)
+    missing = [k for k in REDIS if k not in materialized_partitions(instance, "base_features")]
+    if status != "COMPLETED_SUCCESS":
+        # It failed clearly: every failed run says why, and a new backfill of what is missing completes it.
+        failed = [r for r in backfill_runs(instance, backfill_id) if r.status == DagsterRunStatus.FAILURE]
+        assert failed and missing
+        resumed = launch_backfill(deployment, missing)
+        assert wait_backfill(instance, resumed, BACKFILL_TIMEOUT_S) == "COMPLETED_SUCCESS"
+    else:
+        assert not missing
+
+    assert_complete_and_exact(instance, root, REDIS)
+    assert {path: state for path, state in file_states(root).items() if path in before} == before
