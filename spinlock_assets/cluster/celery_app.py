@@ -30,13 +30,10 @@ from dagster_celery.tasks import create_execute_job_task
 
 from ..constants import DEVICE_ENV_VAR
 from ..core.fingerprint import execution_fingerprint, fingerprint_id
+from .tags import DEVICE_TAG, FINGERPRINT_ID_TAG, FINGERPRINT_TAG, WORKER_TAG
 
-__all__ = ["WORKER_TAG", "DEVICE_TAG", "FINGERPRINT_TAG", "FINGERPRINT_ID_TAG", "app", "execute_job"]
+__all__ = ["app", "execute_job"]
 
-WORKER_TAG = "spinlock/worker"
-DEVICE_TAG = "spinlock/device"
-FINGERPRINT_TAG = "spinlock/fingerprint"
-FINGERPRINT_ID_TAG = "spinlock/fingerprint_id"
 TASK_ID_TAG_TIMEOUT_S = 10.0
 
 

@@ -4,10 +4,8 @@ everything else read from the deployment's own PostgreSQL instance."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +15,7 @@ import h5py
 import numpy as np
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
+from spinlock_assets.cluster import client
 from spinlock_assets.cluster.deployment import Deployment
 
 __all__ = [
@@ -34,16 +33,6 @@ __all__ = [
 GENERATION_ASSETS = ["operator_parameters", "initial_conditions", "base_features"]
 BACKFILL_DONE = ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED", "COMPLETED")
 T = TypeVar("T")
-
-_LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-  }
-}
-"""
 
 
 def poll(probe: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.5) -> T:
@@ -75,22 +64,7 @@ def launch_backfill(
     deployment: Deployment, partitions: Sequence[str], *, tags: dict[str, str] | None = None
 ) -> str:
     """An asset backfill of the generation assets over ``partitions``, through GraphQL; its id."""
-    params = {
-        "assetSelection": [{"path": [asset]} for asset in GENERATION_ASSETS],
-        "partitionNames": list(partitions),
-        "title": "cluster test",
-        "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
-    }
-    body = json.dumps({"query": _LAUNCH_BACKFILL, "variables": {"params": params}}).encode()
-    request = urllib.request.Request(
-        f"{deployment.url}/graphql", data=body, headers={"Content-Type": "application/json"}
-    )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=60) as response:
-        result = json.load(response)["data"]["launchPartitionBackfill"]
-    if result["__typename"] != "LaunchBackfillSuccess":
-        raise RuntimeError(f"launchPartitionBackfill: {result}")
-    return result["backfillId"]
+    return client.launch_backfill(deployment.url, GENERATION_ASSETS, partitions, tags=tags)
 
 
 def backfill_runs(instance: dg.DagsterInstance, backfill_id: str) -> list[dg.DagsterRun]:
