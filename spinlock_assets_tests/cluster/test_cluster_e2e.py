@@ -55,7 +55,7 @@ BACKFILL_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory) -> Iterator[Deployment]:
+def deployment(tmp_path_factory, cluster_services: None) -> Iterator[Deployment]:
     directory = tmp_path_factory.mktemp("cluster")
     spec_path = directory / "spec.json"
     spec_path.write_text(SPEC.to_json())
@@ -205,7 +205,7 @@ def test_redis_stopped_mid_backfill_then_restarted_loses_nothing(
     status = wait_backfill(instance, backfill_id, BACKFILL_TIMEOUT_S)
     missing = [k for k in REDIS if k not in materialized_partitions(instance, "base_features")]
     retries = [r.run_id for r in backfill_runs(instance, backfill_id) if "dagster/parent_run_id" in r.tags]
-    print(f"after the Redis restart: backfill {status}, {len(retries)} retried runs, missing {missing}")  # -rP
+    print(f"after the Redis restart: backfill {status}, {len(retries)} retried runs, missing {missing}")
     if status != "COMPLETED_SUCCESS":
         # It failed clearly: every failed run says why, and a new backfill of what is missing completes it.
         failed = [r for r in backfill_runs(instance, backfill_id) if r.status == DagsterRunStatus.FAILURE]
