@@ -30,7 +30,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from spinlock_assets.cluster import client
-from spinlock_assets.cluster.deployment import down, up
+from spinlock_assets.cluster.lifecycle import down, up
 from spinlock_assets.core.spec import DatasetSpec, ParameterSpace
 
 JOB = "generate_shards"  # parameters, ICs and the generation rollout: no integrity-check steps

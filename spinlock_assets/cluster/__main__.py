@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .deployment import DeploymentError, down, status, up
+from .deployment import DeploymentError
+from .lifecycle import down, status, up
 from .services import ServiceError
 
 

@@ -23,7 +23,8 @@ import pytest
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
-from spinlock_assets.cluster.deployment import Deployment, down, up
+from spinlock_assets.cluster.deployment import Deployment
+from spinlock_assets.cluster.lifecycle import down, up
 from spinlock_assets.cluster.tags import FINGERPRINT_ID_TAG, FINGERPRINT_TAG, WORKER_TAG
 from spinlock_assets.core.fingerprint import fingerprint_id
 from spinlock_assets.core.verification import verify
