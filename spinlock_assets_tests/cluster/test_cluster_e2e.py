@@ -9,6 +9,7 @@ stopped mid-backfill.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -66,7 +67,19 @@ def deployment(tmp_path_factory, cluster_services: None) -> Iterator[Deployment]
     finally:
         down(deployment.directory)  # raises if any process had to be SIGKILLed
         shutil.rmtree(deployment.postgres_dir, ignore_errors=True)
-    assert not [name for name in deployment.processes if deployment.alive(name)]
+    # Nothing of it is left: no process works in its folders (every process it started, Redis and
+    # PostgreSQL included, runs in one of them).
+    folders = (str(deployment.directory), deployment.postgres_dir)
+    assert [cwd for cwd in _working_directories() if cwd.startswith(folders)] == []
+
+
+def _working_directories() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.append(os.readlink(entry / "cwd"))
+    return found
 
 
 @pytest.fixture(scope="module")
