@@ -4,7 +4,7 @@ gRPC code server, the webserver and the daemon, all started here by ``spinlock_a
 One deployment is shared by the module (starting one costs ~30 s on two cores). The tests run in order
 on disjoint partitions of one data root, so each later test also proves that what the earlier ones
 stored does not change: 8 shards through the daemon, 2 with a worker SIGKILLed mid-run, 2 with Redis
-stopped mid-backfill.
+and 2 with PostgreSQL stopped mid-backfill.
 """
 
 from __future__ import annotations
@@ -49,10 +49,12 @@ from .helpers import (
 pytestmark = pytest.mark.slow
 
 SHARD_SIZE = 64  # a base_features step of ~1 s: long enough to be killed in the middle
-SPEC = tiny_spec(n_operators=12 * SHARD_SIZE, shard_size=SHARD_SIZE, grid=(8, 8), channels=1, steps=4,
+SPEC = tiny_spec(n_operators=14 * SHARD_SIZE, shard_size=SHARD_SIZE, grid=(8, 8), channels=1, steps=4,
                  realizations=1, name="cluster")  # fmt: skip
-KEYS = [f"ops-{i * SHARD_SIZE:06d}-{(i + 1) * SHARD_SIZE - 1:06d}" for i in range(12)]
-FIRST, KILLED, REDIS = KEYS[:8], KEYS[8:10], KEYS[10:12]
+KEYS = [f"ops-{i * SHARD_SIZE:06d}-{(i + 1) * SHARD_SIZE - 1:06d}" for i in range(14)]
+FIRST, KILLED = KEYS[:8], KEYS[8:10]
+OUTAGE = {"redis": KEYS[10:12], "postgres": KEYS[12:14]}
+OUTAGE_S = 5
 BACKFILL_TIMEOUT_S = 300
 
 
@@ -205,21 +207,30 @@ def test_a_worker_killed_mid_run_fails_the_run_and_its_retry_completes_the_shard
     assert all(deployment.alive(name) for name in deployment.workers())  # Celery replaced the process
 
 
-def test_redis_stopped_mid_backfill_then_restarted_loses_nothing(
-    deployment: Deployment, instance: dg.DagsterInstance
+@pytest.mark.parametrize("service", ["redis", "postgres"])
+def test_a_service_stopped_mid_backfill_then_restarted_loses_nothing(
+    deployment: Deployment, instance: dg.DagsterInstance, service: str
 ) -> None:
     root = data_root(deployment)
     before = file_states(root)
-    backfill_id = launch_backfill(deployment, REDIS)
-    poll(lambda: backfill_runs(instance, backfill_id) or None, timeout=BACKFILL_TIMEOUT_S, what="first run")
-    deployment.redis.stop()
-    time.sleep(5)  # launches fail meanwhile; a run already in a worker goes on (its state is in PostgreSQL)
-    deployment.redis.start()
+    keys = OUTAGE[service]
+    backfill_id = launch_backfill(deployment, keys)
+
+    def started() -> list | None:
+        return [
+            r for r in backfill_runs(instance, backfill_id) if r.status == DagsterRunStatus.STARTED
+        ] or None
+
+    poll(started, timeout=BACKFILL_TIMEOUT_S, what="a run in a worker", interval=0.2)
+    server = deployment.redis if service == "redis" else deployment.postgres
+    server.stop()  # Redis: launches fail. PostgreSQL: the running run cannot record its events and fails.
+    time.sleep(OUTAGE_S)
+    server.start()
 
     status = wait_backfill(instance, backfill_id, BACKFILL_TIMEOUT_S)
-    missing = [k for k in REDIS if k not in materialized_partitions(instance, "base_features")]
+    missing = [k for k in keys if k not in materialized_partitions(instance, "base_features")]
     retries = [r.run_id for r in backfill_runs(instance, backfill_id) if "dagster/parent_run_id" in r.tags]
-    print(f"after the Redis restart: backfill {status}, {len(retries)} retried runs, missing {missing}")
+    print(f"after the {service} restart: backfill {status}, {len(retries)} retried runs, missing {missing}")
     if status != "COMPLETED_SUCCESS":
         # It failed clearly: every failed run says why, and a new backfill of what is missing completes it.
         failed = [r for r in backfill_runs(instance, backfill_id) if r.status == DagsterRunStatus.FAILURE]
@@ -229,5 +240,6 @@ def test_redis_stopped_mid_backfill_then_restarted_loses_nothing(
     else:
         assert not missing
 
-    assert_complete_and_exact(instance, root, REDIS)
+    assert_complete_and_exact(instance, root, keys)
     assert {path: state for path, state in file_states(root).items() if path in before} == before
+    assert all(deployment.alive(name) for name in deployment.processes)  # every process rode it out
