@@ -104,7 +104,7 @@ def measure_overhead(session: Session, keys: list[str]) -> list[tuple[float, flo
         [reported] = [
             r.event_log_entry.timestamp
             for r in engine
-            if (r.event_log_entry.user_message or "").startswith("Started process for run")
+            if (r.event_log_entry.dagster_event.message or "").startswith("Started process for run")
         ]
         costs.append((started - starting, reported - starting))
     return costs
