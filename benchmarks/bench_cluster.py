@@ -30,6 +30,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from spinlock_assets.cluster import client
+from spinlock_assets.cluster.deployment import Deployment
 from spinlock_assets.cluster.lifecycle import down, up
 from spinlock_assets.core.spec import DatasetSpec, ParameterSpace
 
@@ -111,13 +112,41 @@ def measure_overhead(session: Session, keys: list[str]) -> list[tuple[float, flo
     return costs
 
 
-def measure_throughput(session: Session, keys: list[str]) -> float:
-    """Seconds from the first run's creation to the last run's end, all runs submitted at once."""
+def cpu_seconds(deployment: Deployment) -> dict[str, float]:
+    """CPU seconds used so far by the deployment's run workers and by the rest of it (webserver, daemon,
+    code server, PostgreSQL, Redis), reaped children included: where a 2-core machine's time goes."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    workers = {deployment.processes[name] for name in deployment.workers()}
+    others = {pid for name, pid in deployment.processes.items() if name not in deployment.workers()}
+    service_dirs = (deployment.postgres_dir, str(deployment.redis.directory))
+    usage = {"workers": 0.0, "rest": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat, cwd = (entry / "stat").read_text(), os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp session ... utime stime cutime cstime
+        session, cpu = int(fields[3]), sum(int(f) for f in fields[11:15]) / ticks
+        if session in workers:
+            usage["workers"] += cpu
+        elif session in others or cwd.startswith(service_dirs):
+            usage["rest"] += cpu
+    return usage
+
+
+def measure_throughput(session: Session, keys: list[str]) -> tuple[float, dict[str, float]]:
+    """Seconds from the first run's creation to the last run's end, all runs submitted at once, and the
+    CPU seconds the deployment used meanwhile (``cpu_seconds``)."""
+    before = cpu_seconds(session.deployment)
     run_ids = [client.launch_run(session.deployment.url, JOB, key) for key in keys]
     session.wait(run_ids)
+    after = cpu_seconds(session.deployment)
     records = [session.instance.get_run_record_by_id(run_id) for run_id in run_ids]
     first = min(record.create_timestamp.timestamp() for record in records)
-    return max(record.end_time for record in records) - first
+    wall = max(record.end_time for record in records) - first
+    return wall, {part: after[part] - before[part] for part in after}
 
 
 def main() -> None:
@@ -161,8 +190,12 @@ def main() -> None:
         print(f"  of which until the run's process reports in: {figures([part for _, part in costs])}")
     ratio = statistics.median(t for t, _ in spawned) / statistics.median(t for t, _ in warm)
     print(f"  ratio spawned / warm: {ratio:.1f}")
-    print(f"throughput, {args.shards} runs: 1 worker {one_worker:.1f} s, 2 workers {two_workers:.1f} s, "
-          f"speed-up {one_worker / two_workers:.2f}x")  # fmt: skip
+    (one_wall, one_cpu), (two_wall, two_cpu) = one_worker, two_workers
+    print(f"throughput, {args.shards} runs: 1 worker {one_wall:.1f} s, 2 workers {two_wall:.1f} s, "
+          f"speed-up {one_wall / two_wall:.2f}x")  # fmt: skip
+    for label, wall, cpu in (("1 worker", one_wall, one_cpu), ("2 workers", two_wall, two_cpu)):
+        print(f"  CPU meanwhile, {label}: workers {cpu['workers']:.1f} s, webserver + daemon + code server + "
+              f"PostgreSQL + Redis {cpu['rest']:.1f} s, of {os.cpu_count()} cores x {wall:.1f} s")  # fmt: skip
 
 
 if __name__ == "__main__":
