@@ -29,9 +29,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from spinlock_assets.constants import DEFAULT_SPEC_PATH
-from spinlock_assets.core.spec import DatasetSpec, ParameterSpace, load_spec
-from spinlock_assets.demo import QUIET
+from spinlock_assets.core.spec import DEFAULT_SPEC_PATH, DatasetSpec, ParameterSpace, load_spec
+from spinlock_assets.defs.main_job import QUIET
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # Output(data_version=...), once per shard
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)

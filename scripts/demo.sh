@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec .venv/bin/python -m spinlock_assets.demo "$@"
+exec .venv/bin/python -m spinlock_assets.defs.main_job "$@"

@@ -14,27 +14,25 @@ from pathlib import Path
 
 import dagster as dg
 
-from .constants import (
+from .core.spec import DEFAULT_SPEC_PATH, DatasetSpec, load_spec
+from .defs.constants import (
     DATA_ROOT_ENV_VAR,
     DEFAULT_DATA_ROOT,
-    DEFAULT_SPEC_PATH,
     DEVICE_ENV_VAR,
     GPU_POOL,
     PLUGINS_ENV_VAR,
     SPEC_ENV_VAR,
 )
-from .core.spec import DatasetSpec, load_spec
-from .dataset import build_dataset_asset
-from .features import build_feature_assets
-from .generation import build_generation_assets
-from .generation.assets import IO_MANAGER_KEY
-from .io_manager import HDF5ShardIOManager
-from .jobs import build_jobs
-from .partitions import shard_partitions
-from .resources import DatasetResource, RolloutResource
-from .verification import build_checks, build_verification_schedule
-from .verification.checks import integrity_check_key
-from .verification.schedules import build_verification_job
+from .defs.dataset import build_dataset_asset, build_dataset_sensor
+from .defs.features import build_feature_assets
+from .defs.generation import build_generation_assets
+from .defs.io_manager import IO_MANAGER_KEY, HDF5ShardIOManager
+from .defs.jobs import build_jobs
+from .defs.partitions import shard_partitions
+from .defs.resources import DatasetResource, RolloutResource
+from .defs.verification import build_checks, build_verification_schedule
+from .defs.verification.checks import integrity_check_key
+from .defs.verification.schedules import build_verification_job
 
 __all__ = ["build_definitions", "defs"]
 
@@ -46,8 +44,14 @@ def build_definitions(
     families: Sequence | None = None,
     rollout: RolloutResource | None = None,
 ) -> dg.Definitions:
-    """Everything Dagster needs for one dataset: assets, checks, jobs, schedules and resources."""
+    """Everything Dagster needs for one dataset: assets, checks, jobs, schedules and resources. A spec one
+    rollout of which would not fit this machine's memory is refused here, before any work
+    (``core.budget``; free disk changes, so the main job checks it before its runs instead: a full disk
+    must not stop the code location from loading)."""
+    from .core.budget import check_memory
     from .core.features.registry import derived_families
+
+    check_memory(spec)
 
     families = derived_families(spec.channels) if families is None else list(families)
     rollout = rollout or RolloutResource()
@@ -67,6 +71,7 @@ def build_definitions(
         asset_checks=build_checks(partitions, shard_assets, rollout_pool),
         jobs=[*build_jobs([integrity_check_key(a) for a in generation_assets]), verification_job],
         schedules=[build_verification_schedule(verification_job, partitions, generation_assets)],
+        sensors=[build_dataset_sensor()],
         # One process per run: a step process would re-import torch (seconds) for a few seconds of work.
         # Shards are the unit of parallelism: backfills run one run per shard, concurrently.
         executor=dg.in_process_executor,

@@ -28,8 +28,8 @@ from dagster_celery.launcher import CeleryRunLauncher
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 from dagster_shared.serdes.serdes import JsonSerializableValue
 
-from ..constants import DEVICE_ENV_VAR
 from ..core.fingerprint import execution_fingerprint, fingerprint_id
+from ..defs.constants import DEVICE_ENV_VAR
 from .tags import DEVICE_TAG, FINGERPRINT_ID_TAG, FINGERPRINT_TAG, WORKER_TAG
 
 __all__ = ["app", "execute_job"]

@@ -7,6 +7,11 @@ fill value (NaN for floats, 0 for integers, b"" for bytes), and each group's ``p
 which rows are real. Building reads shard files only (never opens them for writing), and publishes
 dataset.h5 atomically, so readers that hold the old file open are not disturbed.
 
+Rebuilding compares before it records: a shard file whose sha256 differs from the one the previous
+dataset.h5 recorded, or from the one recorded at materialization (``recorded_sha256``, from the Dagster
+instance), is refused with ``ShardChangedError`` unless the materialization record vouches for the new
+bytes, so a file edited in place is never laundered into a fresh record.
+
 A compact dataset (spec ``store_initial_conditions=False``) has initial_conditions shards without
 ``fields``, so dataset.h5 has no ``/inputs/fields``; ``/inputs`` holds ``ic_digest`` and its ``present``
 mask still marks the rows whose initial_conditions shard exists (their ICs can be regenerated and checked).
@@ -24,9 +29,15 @@ from typing import Any
 import h5py
 import numpy as np
 
+from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.storage.arrays import ArrayInfo
-from spinlock_assets.storage.atomic import atomic_output
-from spinlock_assets.storage.errors import InconsistentShardsError, ShardArrayMissingError, ShardCorruptError
+from spinlock_assets.storage.atomic import publish_hdf5
+from spinlock_assets.storage.errors import (
+    InconsistentShardsError,
+    ShardArrayMissingError,
+    ShardChangedError,
+    ShardCorruptError,
+)
 from spinlock_assets.storage.layout import (
     ARRAY_ATTRS,
     METADATA_GROUP,
@@ -37,7 +48,6 @@ from spinlock_assets.storage.layout import (
     ConsolidatedSource,
     check_fixed_asset_arrays,
     encode_attr,
-    parse_shard_key,
 )
 from spinlock_assets.storage.store import ShardStore
 
@@ -65,6 +75,7 @@ def build_consolidated_dataset(
     sources: Sequence[ConsolidatedSource],
     root_attrs: Mapping[str, Any],
     overwrite: bool = False,
+    recorded_sha256: Mapping[tuple[str, str], str] | None = None,
 ) -> Path:
     """Write ``out_path`` (normally ``<store.root>/dataset.h5``) as a view over the shards; return it.
 
@@ -74,7 +85,9 @@ def build_consolidated_dataset(
     An asset none of whose shards exists yet (a family not materialized) adds no paths; the validator
     reports a fixed asset in that state as missing required datasets. A shard of a fixed asset that
     breaks ``layout.check_fixed_asset_arrays`` (e.g. IC fields neither stored nor marked regenerated)
-    raises ``ShardCorruptError``.
+    raises ``ShardCorruptError``. ``recorded_sha256`` maps ``(asset, shard_key)`` to the sha256 recorded when
+    that shard was materialized; a shard whose bytes differ from it, or from the sha256 the previous
+    ``out_path`` recorded without ``recorded_sha256`` vouching for the change, raises ``ShardChangedError``.
     """
     out_path = Path(out_path)
     ranges = _check_shard_keys(n_operators, shard_keys)
@@ -84,23 +97,24 @@ def build_consolidated_dataset(
             raise ValueError(f"root_attrs[{key!r}]: expected a string, got {root_attrs.get(key)!r}")
     scans = [_scan(store, source, ranges, root_attrs["spec_hash"]) for source in sources]
     scans = [scan for scan in scans if scan.rows]  # an asset with no shard yet has nothing to show
+    _check_recorded(scans, _previous_sha256(out_path), recorded_sha256 or {})
     metadata = _metadata_attrs(root_attrs, n_operators, scans)
-    with (
-        atomic_output(out_path, overwrite=overwrite) as tmp,
-        h5py.File(tmp, "w-", libver=("v110", "latest")) as f,
-    ):
+
+    def fill(f: h5py.File) -> None:
         f.attrs.update({key: metadata[key] for key in ROOT_ATTRS})
         f.require_group(METADATA_GROUP).attrs.update(metadata)
         _write_shards_table(f, scans)
         for scan in scans:
             _write_source(f, out_path.parent, scan, n_operators)
+
+    publish_hdf5(out_path, fill, overwrite=overwrite)
     return out_path
 
 
 def _check_shard_keys(n_operators: int, shard_keys: Sequence[str]) -> dict[str, tuple[int, int]]:
     if n_operators < 1:
         raise ValueError(f"n_operators: expected >= 1, got {n_operators}")
-    ranges = {key: parse_shard_key(key) for key in shard_keys}
+    ranges = {key: parse_shard_key(key).bounds for key in shard_keys}
     expected_start = 0
     for key, (start, stop) in sorted(ranges.items(), key=lambda item: item[1]):
         if start != expected_start or stop > n_operators:
@@ -179,6 +193,39 @@ def _scan(
             }
         )
     return scan
+
+
+def _previous_sha256(path: Path) -> dict[tuple[str, str], str]:
+    """What an existing dataset.h5 recorded per (asset, shard); empty when there is none to read."""
+    from spinlock_assets.storage.integrity import shard_rows
+
+    if not path.is_file():
+        return {}
+    try:
+        with h5py.File(path, "r") as handle:
+            return {(row.asset, row.shard_key): row.sha256 for row in shard_rows(handle)}
+    except OSError:
+        return {}  # an unreadable previous file records nothing; it is replaced
+
+
+def _check_recorded(
+    scans: Sequence[_Scan],
+    previous: Mapping[tuple[str, str], str],
+    recorded: Mapping[tuple[str, str], str],
+) -> None:
+    for row in (row for scan in scans for row in scan.rows):
+        key, actual = (row["asset"], row["shard_key"]), row["sha256"]
+        if key in recorded and recorded[key] != actual:
+            raise ShardChangedError(
+                f"{row['path']}: sha256 is {actual}, but {recorded[key]} was recorded when it was "
+                "materialized: the file changed outside the pipeline; rematerialize it"
+            )
+        if key in previous and previous[key] != actual and key not in recorded:
+            raise ShardChangedError(
+                f"{row['path']}: sha256 is {actual}, but the previous dataset.h5 recorded {previous[key]} "
+                "and no materialization vouches for the change: rematerialize the shard (or delete "
+                "dataset.h5 to accept the files as they are)"
+            )
 
 
 def _compare(scan: _Scan, name: str, info: ArrayInfo, path: Path) -> None:

@@ -16,6 +16,11 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "PARAMETERS_ASSET",
+    "INITIAL_CONDITIONS_ASSET",
+    "BASE_FEATURES_ASSET",
+    "GENERATION_ASSETS",
+    "DATASET_FILE",
     "SCHEMA_VERSION",
     "ARRAY_SOURCES",
     "ARRAY_ATTRS",
@@ -34,8 +39,6 @@ __all__ = [
     "FIXED_SOURCES",
     "IC_FIELDS_REGENERATED",
     "family_source",
-    "format_shard_key",
-    "parse_shard_key",
     "encode_attr",
     "decode_attr",
     "check_array_attrs",
@@ -84,8 +87,6 @@ PRESENT = "present"  # uint8 [N] mask in each data group of dataset.h5
 METADATA_GROUP = "/metadata"
 SHARDS_TABLE = "/metadata/shards"
 
-_SHARD_KEY = re.compile(r"^ops-(\d{6,})-(\d{6,})$")
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -110,7 +111,13 @@ class FixedArray:
     optional: bool = False
 
 
-_PARAMS, _ICS, _BASE = "operator_parameters", "initial_conditions", "base_features"
+# The generation assets: each is a Dagster asset and the folder of its shard files under the data root.
+PARAMETERS_ASSET = "operator_parameters"
+INITIAL_CONDITIONS_ASSET = "initial_conditions"
+BASE_FEATURES_ASSET = "base_features"
+GENERATION_ASSETS = (PARAMETERS_ASSET, INITIAL_CONDITIONS_ASSET, BASE_FEATURES_ASSET)
+DATASET_FILE = "dataset.h5"  # the consolidated view, at the top of the data root
+_PARAMS, _ICS, _BASE = GENERATION_ASSETS
 _OP, _OP_M = ("operator",), ("operator", "realization")
 FIXED_ARRAYS: tuple[FixedArray, ...] = (
     FixedArray(_PARAMS, "params", "/parameters/params", "<f8", ("operator", "feature")),
@@ -168,9 +175,7 @@ def _fixed_source(asset: str) -> ConsolidatedSource:
     )
 
 
-FIXED_SOURCES: tuple[ConsolidatedSource, ...] = tuple(
-    _fixed_source(asset) for asset in (_PARAMS, _ICS, _BASE)
-)
+FIXED_SOURCES: tuple[ConsolidatedSource, ...] = tuple(_fixed_source(asset) for asset in GENERATION_ASSETS)
 
 
 def family_source(
@@ -186,26 +191,6 @@ def family_source(
     if not arrays:
         raise ValueError(f"family {family_name!r}: expected at least one array name, got none")
     return ConsolidatedSource(asset=asset or f"{family_name}_features", arrays=arrays)
-
-
-def format_shard_key(operator_start: int, operator_stop: int) -> str:
-    """``ops-<first>-<last>`` for operators ``[start, stop)``, zero-padded so lexical order is numeric."""
-    if not 0 <= operator_start < operator_stop:
-        raise ValueError(
-            f"operator range must satisfy 0 <= start < stop, got [{operator_start}, {operator_stop})"
-        )
-    return f"ops-{operator_start:06d}-{operator_stop - 1:06d}"
-
-
-def parse_shard_key(shard_key: str) -> tuple[int, int]:
-    """``(operator_start, operator_stop)`` (stop exclusive) of a shard key such as ``ops-000032-000063``."""
-    match = _SHARD_KEY.match(shard_key)
-    if match is None:
-        raise ValueError(f"shard key must look like 'ops-000032-000063', got {shard_key!r}")
-    start, last = int(match.group(1)), int(match.group(2))
-    if last < start:
-        raise ValueError(f"shard key {shard_key!r}: last operator {last} is before first operator {start}")
-    return start, last + 1
 
 
 def encode_attr(value: Any) -> str | int | float | bool:

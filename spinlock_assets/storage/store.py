@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.storage.arrays import StoredArray
 from spinlock_assets.storage.atomic import parse_temp_name
 from spinlock_assets.storage.errors import ShardCorruptError
-from spinlock_assets.storage.layout import Problem, parse_shard_key
+from spinlock_assets.storage.layout import Problem
 from spinlock_assets.storage.shard_file import (
     ShardContents,
     ShardFileInfo,
@@ -58,7 +59,7 @@ class ShardStore:
 
         Values for those keys given in ``attrs`` must agree with the location (``ValueError`` otherwise).
         """
-        start, stop = parse_shard_key(shard_key)
+        start, stop = parse_shard_key(shard_key).bounds
         located = {"asset": asset, "shard_key": shard_key, "operator_start": start, "operator_stop": stop}
         for key, value in located.items():
             if key in attrs and attrs[key] != value:

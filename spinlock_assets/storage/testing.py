@@ -16,9 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from spinlock_assets.core.features.base import SERIES_FIELDS, SUMMARY_FIELDS
+from spinlock_assets.core.shards import parse_shard_key, shard_ranges
 from spinlock_assets.storage.arrays import StoredArray
 from spinlock_assets.storage.consolidated import build_consolidated_dataset
-from spinlock_assets.storage.layout import FIXED_ARRAYS, FIXED_SOURCES, format_shard_key, parse_shard_key
+from spinlock_assets.storage.layout import (
+    BASE_FEATURES_ASSET,
+    DATASET_FILE,
+    FIXED_ARRAYS,
+    FIXED_SOURCES,
+)
 from spinlock_assets.storage.store import ShardStore
 
 __all__ = ["tiny_spec_json", "write_tiny_dataset"]
@@ -56,9 +62,9 @@ def write_tiny_dataset(
     spec_hash = hashlib.sha256(spec_json.encode()).hexdigest()
     store = ShardStore(root)
     skipped = set(skip)
-    keys = [format_shard_key(s, min(s + shard_size, n_operators)) for s in range(0, n_operators, shard_size)]
+    keys = [shard.key for shard in shard_ranges(n_operators, shard_size)]
     for key in keys:
-        start, stop = parse_shard_key(key)
+        start, stop = parse_shard_key(key).bounds
         for asset, arrays in _shard_arrays(rng, start, stop, dims, trajectories=trajectories).items():
             if (asset, key) in skipped:
                 continue
@@ -73,7 +79,7 @@ def write_tiny_dataset(
             store.write(asset, key, arrays, attrs)
     return build_consolidated_dataset(
         store,
-        store.root / "dataset.h5",
+        store.root / DATASET_FILE,
         n_operators=n_operators,
         shard_keys=keys,
         sources=FIXED_SOURCES,
@@ -120,7 +126,7 @@ def _shard_arrays(
             data=data[row.name].astype(row.dtype),
             axes=row.axes,
             version="1",
-            source="inline" if row.asset == "base_features" else "generated",
+            source="inline" if row.asset == BASE_FEATURES_ASSET else "generated",
             field_names=field_names.get(row.name),
             description=f"tiny random stand-in for {row.path}",
             compress=data[row.name].dtype.kind == "f" and data[row.name].ndim > 2,

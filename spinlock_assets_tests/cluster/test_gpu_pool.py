@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from spinlock_assets.constants import GPU_POOL
 from spinlock_assets.definitions import build_definitions
-from spinlock_assets.resources import RolloutResource
+from spinlock_assets.defs.constants import GPU_POOL
+from spinlock_assets.defs.resources import RolloutResource
 from spinlock_assets_tests.conftest import tiny_spec
 
 ROLLOUT_STEPS = {"base_features", "spectral_features"}  # the generation rollout; the features' replays

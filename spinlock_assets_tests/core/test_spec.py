@@ -5,9 +5,15 @@ import json
 
 import pytest
 
-from spinlock_assets.constants import DEFAULT_SPEC_PATH
 from spinlock_assets.core.initial_conditions import IC_FAMILIES
-from spinlock_assets.core.spec import IC_FAMILY_NAMES, DatasetSpec, ParameterSpace, SpecError, load_spec
+from spinlock_assets.core.spec import (
+    DEFAULT_SPEC_PATH,
+    IC_FAMILY_NAMES,
+    DatasetSpec,
+    ParameterSpace,
+    SpecError,
+    load_spec,
+)
 from spinlock_assets_tests.conftest import tiny_spec
 
 

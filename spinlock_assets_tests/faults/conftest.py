@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import generate, materialize, tiny_definitions
+from spinlock_assets_tests.defs.helpers import generate, materialize, tiny_definitions
 from spinlock_assets_tests.faults.helpers import copy_root
 
 

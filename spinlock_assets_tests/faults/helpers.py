@@ -16,11 +16,11 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from spinlock_assets.constants import DATA_ROOT_ENV_VAR, SPEC_ENV_VAR
 from spinlock_assets.core.spec import DatasetSpec
+from spinlock_assets.defs.constants import DATA_ROOT_ENV_VAR, SPEC_ENV_VAR
+from spinlock_assets.defs.verification.checks import REPLAY_CHECK
 from spinlock_assets.storage import ShardStore
 from spinlock_assets.storage.atomic import parse_temp_name
-from spinlock_assets.verification.checks import REPLAY_CHECK
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPLAY_KEY = dg.AssetCheckKey(dg.AssetKey("base_features"), REPLAY_CHECK)
@@ -140,8 +140,8 @@ def run_checks(
 
 def shard_records(root: Path, spec: DatasetSpec, shard_key: str) -> list:
     """Replayable records of one stored shard, with its stored digests, series and fingerprint."""
-    from spinlock_assets.generation.assets import load_records
-    from spinlock_assets.resources import DatasetResource
+    from spinlock_assets.defs.generation.assets import load_records
+    from spinlock_assets.defs.resources import DatasetResource
 
     store = ShardStore(root)
     contents = (

@@ -14,7 +14,7 @@ from spinlock_assets.core.verification import verify
 from spinlock_assets.storage import validate_dataset_file, validate_shard_file
 from spinlock_assets.storage.reader import open_dataset
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import GENERATION, SHARDS, materialize, tiny_definitions
+from spinlock_assets_tests.defs.helpers import GENERATION, SHARDS, materialize, tiny_definitions
 from spinlock_assets_tests.faults.helpers import child_env, start_child, temp_files, write_spec_file
 
 # (code location, run config, what its log says): the project's default runs every step of a run in its

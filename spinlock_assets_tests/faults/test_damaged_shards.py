@@ -20,7 +20,7 @@ from spinlock_assets.storage import (
 )
 from spinlock_assets.storage.reader import open_dataset
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import SHARDS, materialize, tiny_definitions
+from spinlock_assets_tests.defs.helpers import SHARDS, materialize, tiny_definitions
 from spinlock_assets_tests.faults.helpers import (
     error_text,
     flip_bytes_in_chunk,

@@ -16,7 +16,7 @@ from spinlock_assets.core.verification import classify, verify
 from spinlock_assets.storage import ShardStore
 from spinlock_assets.storage.operator_arrays import ic_digest
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import SHARDS, tiny_definitions
+from spinlock_assets_tests.defs.helpers import SHARDS, tiny_definitions
 from spinlock_assets_tests.faults.helpers import (
     NONFINITE_KEY,
     REPLAY_KEY,

@@ -13,7 +13,7 @@ from spinlock_assets.core.verification import verify
 from spinlock_assets.storage import ShardMissingError, ShardStore, file_sha256, read_shard_file
 from spinlock_assets.storage.atomic import parse_temp_name
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import SHARDS, materialize, tiny_definitions
+from spinlock_assets_tests.defs.helpers import SHARDS, materialize, tiny_definitions
 from spinlock_assets_tests.faults.child_materialize import HANG_MARKER_ENV
 from spinlock_assets_tests.faults.helpers import (
     arrays_equal,

@@ -10,7 +10,7 @@ import pytest
 
 from spinlock_assets.storage import SpecMismatchError
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import GENERATION, SHARDS, materialize, tiny_definitions
+from spinlock_assets_tests.defs.helpers import GENERATION, SHARDS, materialize, tiny_definitions
 from spinlock_assets_tests.faults.helpers import error_text, tree_sha256
 
 CHANGES = {"steps": {"steps": 7}, "grid": {"grid": (20, 20)}}

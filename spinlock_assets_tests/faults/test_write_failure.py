@@ -11,7 +11,7 @@ import pytest
 from spinlock_assets.storage import atomic
 from spinlock_assets.storage import shard_file as shard_file_module
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.dagster.helpers import SHARDS, materialize, tiny_definitions
+from spinlock_assets_tests.defs.helpers import SHARDS, materialize, tiny_definitions
 from spinlock_assets_tests.faults.helpers import error_text, shard_file, temp_files, tree_sha256, without
 
 SHARD = SHARDS[1]

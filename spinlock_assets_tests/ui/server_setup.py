@@ -12,7 +12,7 @@ from pathlib import Path
 
 from spinlock_assets.core.shards import shard_ranges
 from spinlock_assets.core.spec import DatasetSpec, load_spec
-from spinlock_assets.jobs import GENERATION_JOB
+from spinlock_assets.defs.jobs import GENERATION_JOB
 from spinlock_assets_tests.conftest import tiny_spec
 from spinlock_assets_tests.e2e.dagster_dev import REPOSITORY_NAME, DagsterDev, DagsterDevError, poll
 

@@ -8,8 +8,8 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from spinlock_assets.verification.checks import REPLAY_CHECK
-from spinlock_assets.verification.schedules import VERIFY_JOB
+from spinlock_assets.defs.verification.checks import REPLAY_CHECK
+from spinlock_assets.defs.verification.schedules import VERIFY_JOB
 from spinlock_assets_tests.e2e.dagster_dev import DagsterDev, poll
 
 from .dagster_ui import nav_link, open_asset, run_ids_in_url, save_screenshot, wait_for_run

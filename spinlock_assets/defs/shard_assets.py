@@ -1,0 +1,64 @@
+"""What every shard asset shares: loading a shard's replayable records, returning its output with a content
+data version, and the preview image shown in the UI's metadata panel."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+import numpy as np
+
+from spinlock_assets.storage.operator_arrays import stored_records
+
+from .io_manager import ShardOutput
+from .resources import DatasetResource
+
+if TYPE_CHECKING:
+    from spinlock_assets.core.record import OperatorRecord
+    from spinlock_assets.figures.plots import Preview
+    from spinlock_assets.storage import ShardContents
+
+__all__ = ["arrays_of", "finite_mean", "load_records", "preview", "shard_output"]
+
+
+def arrays_of(contents: ShardContents) -> dict[str, Any]:
+    """The numpy arrays of loaded shard contents, by name."""
+    return {name: array.data for name, array in contents.arrays.items()}
+
+
+def load_records(
+    dataset: DatasetResource,
+    operator_parameters: ShardContents,
+    initial_conditions: ShardContents,
+    base_features: ShardContents | None = None,
+) -> list[OperatorRecord]:
+    """Replayable records of one shard from its loaded shard contents (with stored digests when
+    ``base_features`` is given); initial conditions are stored or, in the compact mode, regenerated and
+    checked against their digests (``storage.operator_arrays.initial_condition_fields``)."""
+    fingerprint = json.loads(base_features.attrs["fingerprint_json"]) if base_features is not None else None
+    return stored_records(
+        dataset.spec,
+        arrays_of(operator_parameters),
+        arrays_of(initial_conditions),
+        arrays_of(base_features) if base_features is not None else None,
+        fingerprint,
+    )
+
+
+def preview(figure: Preview) -> dg.MetadataValue:
+    """A figure with its caption for the UI's metadata panel ("[Show Markdown]" opens it)."""
+    return dg.MetadataValue.md(figure.markdown())
+
+
+def finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite entries as numeric metadata (NaN when there is none, e.g. all diverged)."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def shard_output(output: ShardOutput, **metadata: Any) -> dg.Output:
+    """The shard's output, versioned by its content: a bit-identical re-materialization keeps downstream
+    assets fresh."""
+    return dg.Output(output, data_version=dg.DataVersion(output.content_version), metadata=metadata)
