@@ -15,7 +15,14 @@ from pathlib import Path
 import dagster as dg
 
 from .core.spec import DEFAULT_SPEC_PATH, DatasetSpec, load_spec
-from .defs.constants import DATA_ROOT_ENV_VAR, DEFAULT_DATA_ROOT, PLUGINS_ENV_VAR, SPEC_ENV_VAR
+from .defs.constants import (
+    DATA_ROOT_ENV_VAR,
+    DEFAULT_DATA_ROOT,
+    DEVICE_ENV_VAR,
+    GPU_POOL,
+    PLUGINS_ENV_VAR,
+    SPEC_ENV_VAR,
+)
 from .defs.dataset import build_dataset_asset, build_dataset_sensor
 from .defs.features import build_feature_assets
 from .defs.generation import build_generation_assets
@@ -47,9 +54,13 @@ def build_definitions(
     check_memory(spec)
 
     families = derived_families(spec.channels) if families is None else list(families)
+    rollout = rollout or RolloutResource()
+    # Steps that roll out on a GPU share the GPU pool, whose limit (one per GPU) keeps runs that land
+    # on one machine from oversubscribing its GPUs; CPU rollouts are limited by the run queue alone.
+    rollout_pool = GPU_POOL if rollout.device.startswith("cuda") else None
     partitions = shard_partitions(spec)
-    generation = build_generation_assets(partitions)
-    features = build_feature_assets(partitions, families)
+    generation = build_generation_assets(partitions, rollout_pool)
+    features = build_feature_assets(partitions, families, rollout_pool)
     dataset_asset = build_dataset_asset([*generation, *features], families)
     shard_assets = [key.path[-1] for assets_def in (*generation, *features) for key in assets_def.keys]
     generation_assets = [key.path[-1] for assets_def in generation for key in assets_def.keys]
@@ -57,7 +68,7 @@ def build_definitions(
     dataset = DatasetResource(spec_json=spec.to_json(), data_root=str(Path(data_root).absolute()))
     return dg.Definitions(
         assets=[*generation, *features, dataset_asset],
-        asset_checks=build_checks(partitions, shard_assets),
+        asset_checks=build_checks(partitions, shard_assets, rollout_pool),
         jobs=[*build_jobs([integrity_check_key(a) for a in generation_assets]), verification_job],
         schedules=[build_verification_schedule(verification_job, partitions, generation_assets)],
         sensors=[build_dataset_sensor()],
@@ -66,7 +77,7 @@ def build_definitions(
         executor=dg.in_process_executor,
         resources={
             "dataset": dataset,
-            "rollout": rollout or RolloutResource(),
+            "rollout": rollout,
             IO_MANAGER_KEY: HDF5ShardIOManager(dataset=dataset),
         },
     )
@@ -85,4 +96,9 @@ def _import_plugins() -> None:
 
 _import_plugins()
 
-defs = build_definitions(_spec_from_environment(), os.environ.get(DATA_ROOT_ENV_VAR) or DEFAULT_DATA_ROOT)
+# $SPINLOCK_DEVICE: a Celery worker serving the cuda queue sets it, so its runs roll out on its GPU.
+defs = build_definitions(
+    _spec_from_environment(),
+    os.environ.get(DATA_ROOT_ENV_VAR) or DEFAULT_DATA_ROOT,
+    rollout=RolloutResource(device=os.environ.get(DEVICE_ENV_VAR) or "cpu"),
+)

@@ -46,9 +46,10 @@ def _kinds(family: FeatureFamily) -> set[str]:
 
 
 def build_feature_assets(
-    partitions: dg.PartitionsDefinition, families: Sequence[FeatureFamily]
+    partitions: dg.PartitionsDefinition, families: Sequence[FeatureFamily], rollout_pool: str | None = None
 ) -> list[dg.AssetsDefinition]:
-    """The multi-asset computing ``families`` (``FeatureFamily`` objects) per shard."""
+    """The multi-asset computing ``families`` (``FeatureFamily`` objects) per shard; its replays run in
+    ``rollout_pool`` (the GPU pool when rollouts run on a GPU)."""
     if not families:
         return []
     by_asset = {family_asset_name(f.name): f for f in families}
@@ -72,6 +73,7 @@ def build_feature_assets(
         can_subset=True,
         partitions_def=partitions,
         name="replay_feature_families",
+        pool=rollout_pool,
         ins={name: dg.AssetIn() for name in GENERATION_ASSETS},
     )
     def replay_feature_families(

@@ -36,8 +36,11 @@ INPUTS_CODE_VERSION = "inputs-1"
 ENERGY_COLUMN = SERIES_FIELDS.index("energy")
 
 
-def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """The three generation assets over the given shard partitions."""
+def build_generation_assets(
+    partitions: dg.PartitionsDefinition, rollout_pool: str | None = None
+) -> list[dg.AssetsDefinition]:
+    """The three generation assets over the given shard partitions; the rollout step runs in
+    ``rollout_pool`` (the GPU pool when rollouts run on a GPU)."""
     common = dict(partitions_def=partitions, owners=OWNERS, io_manager_key=IO_MANAGER_KEY)
 
     @dg.asset(group_name=INPUTS_GROUP, code_version=INPUTS_CODE_VERSION, kinds={"numpy", "hdf5"}, **common)
@@ -77,7 +80,13 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             ic_families=dg.MetadataValue.json({f: families.count(f) for f in sorted(set(families))}),
         )
 
-    @dg.asset(group_name=GENERATION_GROUP, code_version=BASE_CODE_VERSION, kinds={"torch", "hdf5"}, **common)
+    @dg.asset(
+        group_name=GENERATION_GROUP,
+        code_version=BASE_CODE_VERSION,
+        kinds={"torch", "hdf5"},
+        pool=rollout_pool,
+        **common,
+    )
     def base_features(
         context: dg.AssetExecutionContext,
         dataset: DatasetResource,

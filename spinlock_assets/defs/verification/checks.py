@@ -76,10 +76,19 @@ def _stored_features(dataset: DatasetResource, partition_key: str) -> Callable[[
     return of
 
 
-def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str]) -> list:
-    """The replay and finite checks on ``base_features`` and an integrity check per shard asset."""
+def build_checks(
+    partitions: dg.PartitionsDefinition, shard_assets: Sequence[str], rollout_pool: str | None = None
+) -> list:
+    """The replay and finite checks on ``base_features`` and an integrity check per shard asset; the
+    replay check runs in ``rollout_pool`` (the GPU pool when rollouts run on a GPU)."""
 
-    @dg.asset_check(asset=BASE_FEATURES_ASSET, name=REPLAY_CHECK, partitions_def=partitions, blocking=True)
+    @dg.asset_check(
+        asset=BASE_FEATURES_ASSET,
+        name=REPLAY_CHECK,
+        partitions_def=partitions,
+        blocking=True,
+        pool=rollout_pool,
+    )
     def replay_matches_stored_digests(
         context: dg.AssetCheckExecutionContext,
         config: ReplaySample,
