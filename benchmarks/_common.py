@@ -93,6 +93,20 @@ def smallest_cases(*, channels: int, grid: int, realizations: int) -> list[Case]
     return cases
 
 
+def architecture_cases(
+    shapes: list[tuple[int, int, int]], *, channels: int, grid: int, realizations: int
+) -> list[Case]:
+    """One operator per (layers, width, kernel) in ``shapes`` (gelu, residual, small noise, blobs IC)."""
+    cases = []
+    for j, (layers, width, kernel) in enumerate(shapes):
+        hp = OperatorHyperparameters(
+            layers, width, kernel, "gelu", 0.01, 1.0, "residual", 0.1, None, "blobs", 0.5
+        )
+        label = f"L{layers} w{width} k{kernel}"
+        cases.append(_case(label, hp, 2000 + j, channels=channels, grid=grid, realizations=realizations))
+    return cases
+
+
 def rollout_measures(case: Case, steps: int) -> tuple[Callable[[], None], Callable[[], object]]:
     """(a) the bare rollout (``iterate_rollout`` consumed) and (b) the generation rollout (``run_rollout``:
     inline F0 + digests) of ``case``, as callables."""

@@ -30,7 +30,7 @@ from pathlib import Path
 import dagster as dg
 
 from spinlock_assets.core.spec import DEFAULT_SPEC_PATH, DatasetSpec, ParameterSpace, load_spec
-from spinlock_assets.defs.main_job import QUIET
+from spinlock_assets.defs.main_job import console_config
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # Output(data_version=...), once per shard
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -108,7 +108,9 @@ def through_dagster(spec: DatasetSpec, root: Path) -> float:
     with dg.instance_for_test() as instance:
         started = time.perf_counter()
         for key in job.partitions_def.get_partition_keys():
-            assert job.execute_in_process(partition_key=key, instance=instance, run_config=QUIET).success
+            assert job.execute_in_process(
+                partition_key=key, instance=instance, run_config=console_config("WARNING")
+            ).success
         return time.perf_counter() - started
 
 

@@ -105,6 +105,7 @@ def consolidation(spec: DatasetSpec, root: Path) -> None:
         FIXED_SOURCES,
         ShardStore,
         build_consolidated_dataset,
+        file_sha256,
         open_dataset,
         update_consolidated_dataset,
     )
@@ -121,12 +122,21 @@ def consolidation(spec: DatasetSpec, root: Path) -> None:
         root_attrs={"spec_hash": spec.spec_hash, "spec_json": spec.to_json()},
     )
     started = time.perf_counter()
-    build_consolidated_dataset(store, data / "dataset.h5", overwrite=True, **arguments)
+    path = build_consolidated_dataset(store, data / "dataset.h5", overwrite=True, **arguments)
     full = time.perf_counter() - started
+    recorded = file_sha256(path)  # what the dataset materialization records
     contents = store.read("base_features", keys[len(keys) // 2])  # rewrite one shard, as a re-materialization
-    store.write("base_features", contents.attrs["shard_key"], contents.arrays, contents.attrs, overwrite=True)
+    key = contents.attrs["shard_key"]
+    info = store.write("base_features", key, contents.arrays, contents.attrs, overwrite=True)
     started = time.perf_counter()
-    update = update_consolidated_dataset(store, data / "dataset.h5", **arguments)
+    update = update_consolidated_dataset(
+        store,
+        path,
+        previous_sha256=recorded,
+        # the re-materialization's record vouches for the rewritten file
+        recorded_sha256=lambda asset, shard_keys: {key: info.sha256} if key in shard_keys else {},
+        **arguments,
+    )
     one = time.perf_counter() - started
     files = 3 * len(keys)
     row("dataset.h5 full rebuild", spec.n_operators, f"{full:.2f} s ({files:,} shard files)")
@@ -152,11 +162,13 @@ def consolidation(spec: DatasetSpec, root: Path) -> None:
 
 def synthetic_files(n_files: int, root: Path) -> DatasetSpec:
     """A data root of ``n_files`` shard files: one real shard generated, its arrays written under every
-    key of a dataset of ``n_files / 3`` shards (operator_index set per shard, so reads find their rows).
+    key of a dataset of ``n_files / 3`` shards (operator_index and seeds set per shard, so reads find
+    their rows and the reader's identity check passes).
     Consolidation and lookups read files and manifests, never judge the values, so this measures them
     at a file count whose real generation would take tens of minutes here."""
     import dataclasses
 
+    from spinlock_assets.core.seeds import operator_seeds
     from spinlock_assets.storage import ShardStore
 
     spec = tiny_spec(SHARD_SIZE * (n_files // 3))
@@ -173,7 +185,13 @@ def synthetic_files(n_files: int, root: Path) -> DatasetSpec:
             arrays = dict(shard.arrays)
             if "operator_index" in arrays:
                 index = np.arange(start, start + SHARD_SIZE, dtype=np.int64)
-                arrays["operator_index"] = dataclasses.replace(arrays["operator_index"], data=index)
+                seeds = [operator_seeds(spec.root_seed, i, spec.realizations) for i in index.tolist()]
+                values = {"operator_index": index}
+                values |= {
+                    name: np.array([getattr(s, name) for s in seeds], dtype=np.int64)
+                    for name in ("weight_seed", "ic_seed", "probe_seed", "noise_seeds")
+                }
+                arrays |= {n: dataclasses.replace(arrays[n], data=data) for n, data in values.items()}
             located = {
                 k: v
                 for k, v in shard.attrs.items()

@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/dagster_home}"
-mkdir -p "$DAGSTER_HOME" && touch "$DAGSTER_HOME/dagster.yaml"
+# dagster.yaml with run monitoring and retries (if missing); the instance created once, under a file lock.
+.venv/bin/python -m spinlock_assets.defs.instance "$DAGSTER_HOME"
 exec .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "${PORT:-3000}"

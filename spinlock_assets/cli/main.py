@@ -2,11 +2,12 @@
 
     spinlock-assets info PATH [--json]
     spinlock-assets replay PATH --operator I [--output FILE.npy|FILE.h5] [--device cpu] [--force]
-    spinlock-assets verify PATH [--operators 0:100|3,5,9] [--sample K [--seed S]] [--device cpu] [--json]
+    spinlock-assets verify PATH [--operators 0:100|3,5,9] [--sample K [--seed S]] [--all-files] [--device cpu]
+                                [--json]
 
 PATH is ``dataset.h5`` or the data folder holding it. Exit codes: 0 success; 1 the command ran and found
-a problem (a replay neither exact nor within tolerance, a file failing validation); 2 bad input, reported
-as one line ``spinlock-assets: error: <message>`` on stderr.
+a problem (a replay that is not exact, an integrity problem, a file failing validation); 2 bad input,
+reported as one line ``spinlock-assets: error: <message>`` on stderr (``--debug`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import h5py
 import numpy as np
 
-from spinlock_assets.cli.replay import Replayer, check_shards
+from spinlock_assets.cli.replay import Replayer
+from spinlock_assets.core.budget import check_memory
 from spinlock_assets.core.fingerprint import fingerprint_id
-from spinlock_assets.storage.atomic import atomic_output
+from spinlock_assets.core.verification import STATUSES
+from spinlock_assets.storage.atomic import atomic_output, publish_hdf5
 from spinlock_assets.storage.errors import StorageError
-from spinlock_assets.storage.layout import DATASET_FILE, decode_attr, encode_attr
+from spinlock_assets.storage.integrity import check_dataset
+from spinlock_assets.storage.layout import DATASET_FILE, Problem, decode_attr, encode_attr
 from spinlock_assets.storage.reader import DatasetReader, open_dataset
 from spinlock_assets.storage.validation import validate_dataset_file
 
@@ -36,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["CliError", "build_parser", "main", "parse_operators"]
 
 PROG = "spinlock-assets"
-STATUSES = ("exact", "within_tolerance", "mismatch", "diverged")
 
 
 class CliError(Exception):
@@ -51,6 +54,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Inspect, replay and verify spinlock operator datasets.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{info,replay,verify}")
     path_help = "dataset.h5, or the data folder holding it"
 
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--operators", metavar="SEL", help="START:STOP (stop excluded) or I,J,K; default all")
     verify.add_argument("--sample", type=int, metavar="K", help="verify K operators drawn from the selection")
     verify.add_argument("--seed", type=int, metavar="S", help="seed of the --sample draw (default 0)")
+    verify.add_argument(
+        "--all-files", action="store_true", help="check the sha256 of every shard file, not only the replayed"
+    )
     verify.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     verify.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     verify.set_defaults(run=_verify_command)
@@ -79,10 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
-    except (CliError, StorageError, OSError, ValueError) as exc:
+    except (CliError, StorageError, OSError, ValueError, MemoryError) as exc:
+        if "--debug" in argv:
+            raise
         # StorageError and SpecError carry a message naming the file and the fix; the type adds nothing.
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
@@ -91,12 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _open(path: Path) -> DatasetReader:
+def _open(path: Path, *, strict: bool = True) -> DatasetReader:
     if not path.exists():
         raise CliError(f"{path}: no such file or directory")
     target = path / DATASET_FILE if path.is_dir() else path
     try:
-        return open_dataset(path)
+        return open_dataset(path, strict=strict)
     except StorageError:
         raise
     except KeyError as exc:  # an HDF5 file, but without /metadata@spec_json
@@ -109,7 +119,7 @@ def _open(path: Path) -> DatasetReader:
 
 
 def _info_command(args: argparse.Namespace) -> int:
-    with _open(args.path) as reader:
+    with _open(args.path, strict=False) as reader:
         summary = _describe(reader)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -148,7 +158,11 @@ def _describe(reader: DatasetReader) -> dict[str, Any]:
         "families": {name: versions.get(name) for name in reader.families},
         "present": dict(sorted(present.items())),
         "fingerprints": [{"id": fingerprint_id(fp), **fp} for fp in fingerprints],
-        "problems": [str(problem) for problem in validate_dataset_file(reader.path)],
+        # The layout, then whether the rows read what the shard table says (every file's sha256 included).
+        "problems": [
+            str(problem)
+            for problem in dict.fromkeys([*validate_dataset_file(reader.path), *check_dataset(reader.path)])
+        ],
     }
 
 
@@ -181,10 +195,14 @@ def _print_info(s: dict[str, Any]) -> None:
 
 def _describe_result(result: Verification) -> str:
     if result.status == "exact":
-        return "exact (every realization's digest matches the stored one)"
+        what = "every realization's digest and every stored value match the replay"
+        return f"exact ({what}{'' if result.same_fingerprint else '; fingerprint changed'})"
+    if result.status == "tampered":
+        return f"tampered ({'; '.join(' '.join(reason.split()) for reason in result.differences)})"
     differ = ", ".join(map(str, result.mismatched_realizations))
     error = f"base series max relative error {result.max_relative_error:.3g}"
-    return f"{result.status} (realizations {differ} differ; {error})"
+    changed = "" if result.same_fingerprint else "; fingerprint changed since generation"
+    return f"{result.status} (realizations {differ} differ; {error}{changed})"
 
 
 def _replay_command(args: argparse.Namespace) -> int:
@@ -198,33 +216,37 @@ def _replay_command(args: argparse.Namespace) -> int:
     with _open(args.path) as reader:
         if not 0 <= args.operator < reader.n_operators:
             raise CliError(f"--operator {args.operator}: outside 0..{reader.n_operators - 1}")
-        check_shards(reader, np.array([args.operator]))
-        record = reader.operator(args.operator)
-    replayer = Replayer(args.device)  # after the cheap checks: it imports torch
-    rollout, result = replayer.replay(record, keep_trajectories=True)
+        problems = reader.check_operators(np.array([args.operator])).get(args.operator, [])
+        record = reader.operator(args.operator)  # raises, before torch loads, for a row of another operator
+        check_memory(reader.spec)
+        replayer = Replayer(args.device)  # after the cheap checks: it imports torch
+        rollout, result = replayer.replay(reader, args.operator, problems, keep_trajectories=True)
     trajectories = rollout.trajectories
-    with atomic_output(output, overwrite=args.force) as tmp:
-        if output.suffix == ".npy":
-            with open(tmp, "wb") as handle:  # np.save on a path would append ".npy" to the temporary name
-                np.save(handle, trajectories)
-        else:
-            with h5py.File(tmp, "w") as handle:
-                dataset = handle.create_dataset("trajectories", data=trajectories)
-                dataset.attrs.update(
-                    {
-                        "operator_index": args.operator,
-                        "axes": encode_attr(["realization", "time", "channel", "y", "x"]),
-                        "spec_hash": record.spec.spec_hash,
-                        "digests": encode_attr(list(rollout.digests)),
-                        "stored_digests": encode_attr(list(record.digests or ())),
-                        "verification": result.status,
-                        "fingerprint_id": replayer.fingerprint_id,
-                    }
-                )
+    if output.suffix == ".npy":
+        # np.save on a path would append ".npy" to the temporary name
+        with atomic_output(output, overwrite=args.force) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, trajectories)
+    else:
+
+        def fill(handle: h5py.File) -> None:
+            dataset = handle.create_dataset("trajectories", data=trajectories)
+            dataset.attrs.update(
+                {
+                    "operator_index": args.operator,
+                    "axes": encode_attr(["realization", "time", "channel", "y", "x"]),
+                    "spec_hash": record.spec.spec_hash,
+                    "digests": encode_attr(list(rollout.digests)),
+                    "stored_digests": encode_attr(list(record.digests or ())),
+                    "verification": result.status,
+                    "fingerprint_id": replayer.fingerprint_id,
+                }
+            )
+
+        publish_hdf5(output, fill, overwrite=args.force)
     print(f"operator {args.operator}: replayed on {replayer.device} (fingerprint {replayer.fingerprint_id})")
     print(f"verification: {_describe_result(result)}")
     print(f"wrote {output}: {trajectories.dtype} {list(trajectories.shape)} [M, T, C, H, W]")
-    return 0 if result.ok else 1
+    return 0 if result.exact else 1
 
 
 def parse_operators(text: str, n_operators: int) -> np.ndarray:
@@ -267,20 +289,26 @@ def _select(args: argparse.Namespace, n_operators: int) -> np.ndarray:
 
 
 def _verify_command(args: argparse.Namespace) -> int:
-    with _open(args.path) as reader:
+    with _open(args.path, strict=False) as reader:
         indices = _select(args, reader.n_operators)
-        check_shards(reader, indices)
+        problems = reader.check_operators(indices, all_files=args.all_files)
+        check_memory(reader.spec)
         replayer = Replayer(args.device)  # after the cheap checks: it imports torch
-        results = replayer.verify(reader, indices)
+        # A file that lies about its structure (links, spec, mappings) says nothing about any operator.
+        results = [] if reader.structure_problems else replayer.verify(reader, indices, problems)
+    general = problems.get(None, [])
     counts = Counter(result.status for result in results)
-    failures = [result for result in results if result.status != "exact"]
-    ok = all(result.ok for result in results)
+    failures = [result for result in results if not result.exact]
+    ok = not general and not failures  # anything but exact is reported, never passed silently
+    changed = [result.operator_index for result in results if not result.same_fingerprint]
     if args.json:
         summary = {
             "operators": indices.tolist(),
             "device": replayer.device,
             "fingerprint_id": replayer.fingerprint_id,
             "counts": {status: counts[status] for status in STATUSES},
+            "fingerprint_changed": changed,
+            "problems": [str(problem) for problem in general],
             "non_exact": [
                 {
                     "operator": r.operator_index,
@@ -288,6 +316,7 @@ def _verify_command(args: argparse.Namespace) -> int:
                     "mismatched_realizations": list(r.mismatched_realizations),
                     # JSON has no infinity; inf means the NaN patterns differ or nothing was stored.
                     "max_relative_error": r.max_relative_error if np.isfinite(r.max_relative_error) else None,
+                    "differences": list(r.differences),
                 }
                 for r in failures
             ],
@@ -298,7 +327,17 @@ def _verify_command(args: argparse.Namespace) -> int:
     tally = ", ".join(f"{counts[status]} {status}" for status in STATUSES)
     where = f"{replayer.device}, fingerprint {replayer.fingerprint_id}"
     print(f"verified {len(results)} operators ({where}): {tally}")
+    if changed:
+        print(f"fingerprint changed since generation for {len(changed)} operator(s): not bit-exact replays")
+    _print_problems(general)
     print(f"non-exact operators: {len(failures) or 'none'}")
     for result in failures:
         print(f"  operator {result.operator_index}: {_describe_result(result)}")
     return 0 if ok else 1
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    if problems:
+        print(f"integrity problems of the dataset: {len(problems)}")
+    for problem in problems:
+        print(f"  - {problem}")

@@ -16,7 +16,7 @@ from .features.family import FeatureFamily, Needs, OperatorInputs
 from .record import OperatorRecord
 from .verification import Verification, classify
 
-__all__ = ["Extraction", "ReplayMismatchError", "extract_families"]
+__all__ = ["Extraction", "ReplayMismatchError", "extract_families", "operator_inputs"]
 
 
 class ReplayMismatchError(RuntimeError):
@@ -33,6 +33,25 @@ class Extraction:
     rollouts: int = 0
 
 
+def operator_inputs(
+    record: OperatorRecord, operator: object | None, trajectories: np.ndarray | None
+) -> OperatorInputs:
+    """What a family is given for ``record``: generation and verification build it here alike, so a
+    recomputed feature sees exactly the inputs the stored one was computed from (the stored base series,
+    the replayed trajectories as a tensor, the rebuilt operator's step)."""
+    import torch
+
+    from .operator import OperatorStep
+
+    return OperatorInputs(
+        initial_condition=record.initial_condition,
+        base_series=record.base_series,
+        trajectories=None if trajectories is None else torch.from_numpy(trajectories),
+        step=OperatorStep(operator) if operator is not None else None,
+        probe_seed=record.seeds.probe_seed,
+    )
+
+
 def extract_families(
     records: Sequence[OperatorRecord],
     families: Sequence[FeatureFamily],
@@ -43,9 +62,6 @@ def extract_families(
 ) -> Extraction:
     """Compute ``families`` for ``records``; raises :class:`ReplayMismatchError` naming the operators
     whose replay is not exact (or, under another fingerprint, not within tolerance)."""
-    import torch
-
-    from .operator import OperatorStep
     from .rollout import run_rollout
 
     needs = {family.needs for family in families}
@@ -63,14 +79,8 @@ def extract_families(
             )
             extraction.rollouts += 1
             extraction.verifications.append(classify(record, replayed, same_fingerprint=same_fingerprint))
-            trajectories = torch.from_numpy(replayed.trajectories)
-        inputs = OperatorInputs(
-            initial_condition=record.initial_condition,
-            base_series=record.base_series,
-            trajectories=trajectories,
-            step=OperatorStep(operator) if operator is not None else None,
-            probe_seed=record.seeds.probe_seed,
-        )
+            trajectories = replayed.trajectories
+        inputs = operator_inputs(record, operator, trajectories)
         for family in families:
             extraction.results[family.name].append(family.compute(inputs))
         if progress is not None:

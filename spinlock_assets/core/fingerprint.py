@@ -1,10 +1,14 @@
 """The execution fingerprint: what a rollout's exact bits depend on besides the seeds and inputs.
 
-Measured here (torch 2.13 CPU, oneDNN): convolution bits are identical across processes, thread
-counts and batch sizes, but change with the CPU capability torch dispatches to (``ATEN_CPU_CAPABILITY``)
-and with oneDNN disabled. On CUDA they depend on the GPU model and the library versions. Replay under
-the same fingerprint must reproduce a digest exactly; under another one verification classifies the
-result instead of passing or failing silently.
+Measured here (torch 2.13 CPU, oneDNN): convolution bits are identical across processes and thread
+counts, and at a fixed batch size across neighbours and slots, but not across batch sizes for every
+shape; they change with the CPU capability torch dispatches to (``ATEN_CPU_CAPABILITY``) and with oneDNN
+disabled. On CUDA they depend on the GPU model and the library versions. The engine's formulation is
+recorded too (``formulation``: ``batched-<canonical batch>`` on the CPU, plus any layer shape whose
+start-up check fell back to batch-1 convolutions, see ``core/batching.py``), so data made under different
+formulations never compares as the same fingerprint. Replay under the same fingerprint must reproduce a
+digest exactly; under another one verification classifies the result instead of passing or failing
+silently.
 """
 
 from __future__ import annotations
@@ -13,7 +17,13 @@ import hashlib
 import json
 from importlib import metadata
 
-__all__ = ["configure_determinism", "execution_fingerprint", "fingerprint_id", "package_version"]
+__all__ = [
+    "configure_determinism",
+    "execution_fingerprint",
+    "fingerprint_id",
+    "inputs_fingerprint",
+    "package_version",
+]
 
 
 def package_version() -> str:
@@ -27,11 +37,14 @@ def execution_fingerprint(device: str = "cpu") -> dict[str, str]:
     """A JSON-serialisable description of the numerics a rollout on ``device`` runs with."""
     import torch
 
+    from .batching import formulation
+
     device_type = torch.device(device).type
     fingerprint = {
         "torch": str(torch.__version__),
         "device_type": device_type,
         "dtype": "float32",
+        "formulation": formulation(device),
         "package": package_version(),
     }
     if device_type == "cuda":
@@ -49,6 +62,17 @@ def execution_fingerprint(device: str = "cpu") -> dict[str, str]:
             mkldnn=str(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
         )
     return fingerprint
+
+
+def inputs_fingerprint() -> dict[str, str]:
+    """What parameters and initial conditions are computed with: numpy and scipy on the host, whatever
+    device the rollouts later run on (no torch is involved)."""
+    return {
+        "numpy": metadata.version("numpy"),
+        "scipy": metadata.version("scipy"),
+        "device_type": "cpu",
+        "package": package_version(),
+    }
 
 
 def fingerprint_id(fingerprint: dict[str, str]) -> str:

@@ -21,8 +21,13 @@ so its bits depend neither on the batch nor on the thread count (tested).
 Convolutions are ``F.conv2d`` on the circularly padded input, except, on the CPU, layers with fewer than
 ``NARROW_CONV_CHANNELS`` outputs (always the output layer): oneDNN computes those at the cost of 16
 output channels, so they run as one matrix product of the padded input with the stacked k*k taps,
-followed by k*k shifted adds in a fixed order (:func:`_narrow_conv`, sample by sample). Same
-convolution, other rounding; 1.4-2.7x faster for the output layers of the default parameter space.
+followed by k*k shifted adds in a fixed order (:func:`_narrow_conv`: one product per sample, the adds on
+the whole batch). Same convolution, other rounding; 1.4-2.7x faster for the output layers of the default
+parameter space.
+
+Activations: relu, gelu, tanh, and silu computed as ``x * (1 + tanh(x/2)) / 2`` (:func:`_silu`): every
+elementwise op of a step rounds alike in ATen's vectorised body and scalar tail, so a sample's bits do not
+depend on its slot in a batch (the batched engine, :mod:`.batching`, relies on it).
 
 Weights are drawn on the CPU from ``torch.Generator().manual_seed(weight_seed)`` in this fixed order:
 for l = 0..L-1 the weight ``[out, in, k, k]`` with ``randn`` (std ``1/sqrt(in*k*k)``, times
@@ -44,7 +49,16 @@ import torch.nn.functional as F
 
 from .parameters import OperatorHyperparameters
 
-__all__ = ["GeneratorNoise", "NoiseSource", "OperatorStep", "StochasticCNN", "build_operator"]
+__all__ = [
+    "Convolve",
+    "GeneratorNoise",
+    "NoiseSource",
+    "OperatorStep",
+    "StochasticCNN",
+    "build_operator",
+    "conv_layer",
+    "layer_taps",
+]
 
 INSTANCE_NORM_EPS = 1.0
 # On the CPU, layers with fewer output channels than this run as _narrow_conv: oneDNN computes output
@@ -55,10 +69,20 @@ NARROW_CONV_CHANNELS = 16
 # A noise source fills a hidden activation's noise: called as noise(layer_index, like) -> tensor shaped
 # like ``like`` (or broadcastable to it).
 NoiseSource = Callable[[int, torch.Tensor], torch.Tensor]
+# A convolution as the operator runs it: called as convolve(layer_index, padded) -> [B, out, H, W].
+Convolve = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU ``x * sigmoid(x)`` computed as ``x * (1 + tanh(x/2)) / 2``. ``F.silu`` (and ``torch.sigmoid``)
+    round the last ``n mod 32`` elements of a tensor, which ATen computes with scalar code, differently from
+    the vectorised rest, so a sample's bits would depend on where it sits in a batch; tanh, add and mul
+    round alike on both paths (tested)."""
+    return torch.tanh(x * 0.5).add_(1.0).mul_(x).mul_(0.5)
 
 
 def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    return {"relu": F.relu, "gelu": F.gelu, "tanh": F.tanh, "silu": F.silu}[name]
+    return {"relu": F.relu, "gelu": F.gelu, "tanh": F.tanh, "silu": _silu}[name]
 
 
 def _instance_norm(z: torch.Tensor) -> torch.Tensor:
@@ -70,26 +94,47 @@ def _instance_norm(z: torch.Tensor) -> torch.Tensor:
 def _narrow_conv(
     padded: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, kernel: int
 ) -> torch.Tensor:
-    """A convolution with few output channels as one matrix product and k*k shifted adds ("kn2row").
+    """A convolution with few output channels as one matrix product per sample and k*k shifted adds
+    ("kn2row").
 
     ``padded`` ``[B, I, H+k-1, W+k-1]``, ``taps`` ``[k*k*O, I]`` (rows in (dy, dx, o) order), ``bias``
     ``[O]`` or None. Per sample, ``g = taps @ x`` holds every tap's contribution at every padded pixel,
     then ``out[o, y, x] = bias[o] + sum over (dy, dx) of g[(dy, dx, o), y+dy, x+dx]``, added in (dy, dx)
-    order. Samples are computed one by one, so a sample's bits do not depend on the batch.
+    order. The products are computed sample by sample (one GEMM of a fixed shape each) and the adds are
+    exact elementwise float additions in a fixed order, so a sample's bits depend neither on the batch
+    size nor on its neighbours or slot; the adds run on the whole batch at once (k*k ops, not B*k*k).
     """
     batch, in_channels, padded_h, padded_w = padded.shape
     out_channels = taps.shape[0] // (kernel * kernel)
     height, width = padded_h - kernel + 1, padded_w - kernel + 1
+    g = torch.empty((batch, taps.shape[0], padded_h * padded_w), dtype=padded.dtype, device=padded.device)
+    for b in range(batch):
+        torch.mm(taps, padded[b].reshape(in_channels, padded_h * padded_w), out=g[b])
+    g = g.view(batch, kernel, kernel, out_channels, padded_h, padded_w)
     out = torch.zeros((batch, out_channels, height, width), dtype=padded.dtype, device=padded.device)
     if bias is not None:
         out += bias.view(1, out_channels, 1, 1)
-    for b in range(batch):
-        g = torch.mm(taps, padded[b].reshape(in_channels, padded_h * padded_w))
-        g = g.view(kernel, kernel, out_channels, padded_h, padded_w)
-        for dy in range(kernel):
-            for dx in range(kernel):
-                out[b] += g[dy, dx, :, dy : dy + height, dx : dx + width]
+    for dy in range(kernel):
+        for dx in range(kernel):
+            out += g[:, dy, dx, :, dy : dy + height, dx : dx + width]
     return out
+
+
+def conv_layer(
+    padded: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One convolution as the engine computes it: ``padded`` ``[B, in, H+k-1, W+k-1]`` -> ``[B, out, H, W]``.
+    Layers with fewer than ``NARROW_CONV_CHANNELS`` outputs on the CPU run as :func:`_narrow_conv` (``taps``
+    from :func:`layer_taps`, built here when not given); every other layer is ``F.conv2d``."""
+    if weight.shape[0] < NARROW_CONV_CHANNELS and weight.device.type == "cpu":
+        return _narrow_conv(padded, layer_taps(weight) if taps is None else taps, bias, weight.shape[-1])
+    return F.conv2d(padded, weight, bias)
+
+
+def layer_taps(weight: torch.Tensor) -> torch.Tensor:
+    """A weight ``[out, in, k, k]`` as the ``[k*k*out, in]`` matrix of its taps, rows in (dy, dx, out)
+    order (the narrow convolution's left operand)."""
+    return weight.permute(2, 3, 0, 1).reshape(-1, weight.shape[1]).contiguous()
 
 
 @dataclass
@@ -104,35 +149,34 @@ class StochasticCNN:
     def device(self) -> torch.device:
         return self.weights[0].device
 
-    def apply(self, x: torch.Tensor, noise: NoiseSource | None) -> torch.Tensor:
-        """O(x) for ``x`` of shape ``[B, C, H, W]``; ``noise=None`` gives the noise-free operator."""
+    def apply(
+        self, x: torch.Tensor, noise: NoiseSource | None, *, convolve: Convolve | None = None
+    ) -> torch.Tensor:
+        """O(x) for ``x`` of shape ``[B, C, H, W]``; ``noise=None`` gives the noise-free operator.
+        ``convolve(layer, padded)`` replaces :meth:`convolve` (the batched engine passes one that runs
+        the convolutions at its canonical batch size)."""
         activation = _activation(self.hyperparameters.activation)
         sigma = self.hyperparameters.noise_sigma
         pad = (self.hyperparameters.kernel_size // 2,) * 4
+        convolve = self.convolve if convolve is None else convolve
         h = x
         for layer in range(len(self.weights) - 1):
-            h = activation(_instance_norm(self.convolve(layer, F.pad(h, pad, mode="circular"))))
+            h = activation(_instance_norm(convolve(layer, F.pad(h, pad, mode="circular"))))
             if noise is not None:
                 h = h.add_(noise(layer, h), alpha=sigma)
-        return self.convolve(len(self.weights) - 1, F.pad(h, pad, mode="circular"))
+        return convolve(len(self.weights) - 1, F.pad(h, pad, mode="circular"))
 
     def convolve(self, layer: int, padded: torch.Tensor) -> torch.Tensor:
         """Convolution ``layer`` (with the output bias for the last one) of an already padded input
-        ``[B, in, H+k-1, W+k-1]`` -> ``[B, out, H, W]``. Narrow layers on the CPU go through
-        :func:`_narrow_conv` (see the module docstring)."""
-        weight = self.weights[layer]
+        ``[B, in, H+k-1, W+k-1]`` -> ``[B, out, H, W]``, as :func:`conv_layer` computes it."""
         bias = self.output_bias if layer == len(self.weights) - 1 else None
-        if weight.shape[0] < NARROW_CONV_CHANNELS and weight.device.type == "cpu":
-            return _narrow_conv(padded, self._taps(layer), bias, weight.shape[-1])
-        return F.conv2d(padded, weight, bias)
+        return conv_layer(padded, self.weights[layer], bias, self._taps(layer))
 
     def _taps(self, layer: int) -> torch.Tensor:
-        """Layer ``layer``'s weight ``[out, in, k, k]`` as the ``[k*k*out, in]`` matrix of its taps, rows in
-        (dy, dx, out) order; built once per operator."""
+        """Layer ``layer``'s :func:`layer_taps`, built once per operator."""
         cache = self.__dict__.setdefault("_tap_cache", {})
         if layer not in cache:
-            weight = self.weights[layer]
-            cache[layer] = weight.permute(2, 3, 0, 1).reshape(-1, weight.shape[1]).contiguous()
+            cache[layer] = layer_taps(self.weights[layer])
         return cache[layer]
 
     def update(self, x: torch.Tensor, o: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,6 +26,11 @@ class ShardRange:
     def key(self) -> str:
         return f"ops-{self.start:06d}-{self.stop - 1:06d}"
 
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """``(start, stop)``, stop exclusive."""
+        return self.start, self.stop
+
     def __len__(self) -> int:
         return self.stop - self.start
 

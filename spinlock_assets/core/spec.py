@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,9 +57,21 @@ class SpecError(ValueError):
         self.field_name = field_name
 
 
+def _is_int(value: Any) -> bool:
+    """An integer, and not a boolean (``True`` is an ``int`` to Python, never to a spec)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (JSON admits ``Infinity`` and ``NaN``; a spec never does), not a boolean."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_range(
     name: str, bounds: tuple[float, float], *, positive: bool = False, upper: float | None = None
 ) -> None:
+    if len(bounds) != 2 or not all(_is_number(b) for b in bounds):
+        raise SpecError(name, "two finite numbers (low, high)", bounds)
     low, high = bounds
     if not low <= high:
         raise SpecError(name, "an increasing pair (low, high)", bounds)
@@ -68,15 +81,25 @@ def _check_range(
         raise SpecError(name, f"bounds within (0, {upper}]", bounds)
 
 
+def _check_list(name: str, value: Any) -> tuple:
+    """A JSON list (of anything yet): ``null``, a number or a string in its place is refused here, by name,
+    rather than by whatever TypeError iterating it would give."""
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(name, "a list", value)
+    return tuple(value)
+
+
 def _check_choices(name: str, values: tuple, allowed: tuple) -> None:
     if not values:
         raise SpecError(name, f"a non-empty subset of {list(allowed)}", values)
-    unknown = [v for v in values if v not in allowed]
+    unknown = [v for v in values if not isinstance(v, str) or v not in allowed]
     if unknown or len(set(values)) != len(values):
         raise SpecError(name, f"distinct values from {list(allowed)}", values)
 
 
-def _refuse_unknown_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
+def _refuse_unknown_keys(cls: type, data: Any, where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise SpecError(where, "a JSON object", data)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -99,16 +122,14 @@ class ParameterSpace:
     ic_families: tuple[str, ...] = IC_FAMILY_NAMES
 
     def __post_init__(self) -> None:
-        low, high = self.n_layers
-        if not (isinstance(low, int) and isinstance(high, int) and 2 <= low <= high):
+        layers = self.n_layers
+        if len(layers) != 2 or not all(map(_is_int, layers)) or not 2 <= layers[0] <= layers[1]:
             raise SpecError(
                 "parameter_space.n_layers", "integers (low, high) with 2 <= low <= high", self.n_layers
             )
-        if not self.widths or any(not isinstance(w, int) or w < 1 for w in self.widths):
+        if not self.widths or any(not _is_int(w) or w < 1 for w in self.widths):
             raise SpecError("parameter_space.widths", "a non-empty list of positive integers", self.widths)
-        if not self.kernel_sizes or any(
-            not isinstance(k, int) or k < 1 or k % 2 == 0 for k in self.kernel_sizes
-        ):
+        if not self.kernel_sizes or any(not _is_int(k) or k < 1 or k % 2 == 0 for k in self.kernel_sizes):
             raise SpecError(
                 "parameter_space.kernel_sizes", "a non-empty list of odd positive integers", self.kernel_sizes
             )
@@ -123,7 +144,7 @@ class ParameterSpace:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ParameterSpace:
         _refuse_unknown_keys(cls, data, "parameter_space")
-        return cls(**{k: tuple(v) for k, v in data.items()})
+        return cls(**{k: _check_list(f"parameter_space.{k}", v) for k, v in data.items()})
 
 
 @dataclass(frozen=True)
@@ -146,7 +167,11 @@ class DatasetSpec:
     name: str = "dataset"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.root_seed, int) or self.root_seed < 0:
+        if not isinstance(self.name, str) or not self.name:
+            raise SpecError("name", "a non-empty string", self.name)
+        if not isinstance(self.parameter_space, ParameterSpace):
+            raise SpecError("parameter_space", "a JSON object", self.parameter_space)
+        if not _is_int(self.root_seed) or self.root_seed < 0:
             raise SpecError("root_seed", "a non-negative integer", self.root_seed)
         for name, minimum in (
             ("n_operators", 1),
@@ -156,7 +181,7 @@ class DatasetSpec:
             ("realizations", 1),
         ):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            if not _is_int(value) or value < minimum:
                 raise SpecError(name, f"an integer >= {minimum}", value)
         for name in ("store_trajectories", "store_initial_conditions"):
             # A JSON string such as "false" would otherwise be truthy.
@@ -172,7 +197,7 @@ class DatasetSpec:
             raise SpecError(
                 "n_operators", f"at most {MAX_OPERATORS:,} (shard keys have six digits)", self.n_operators
             )
-        if len(self.grid) != 2 or any(not isinstance(n, int) for n in self.grid):
+        if not isinstance(self.grid, tuple) or len(self.grid) != 2 or not all(map(_is_int, self.grid)):
             raise SpecError("grid", "two integers (height, width)", self.grid)
         smallest = max(MIN_GRID, max(self.parameter_space.kernel_sizes))
         if min(self.grid) < smallest:
@@ -201,14 +226,18 @@ class DatasetSpec:
         _refuse_unknown_keys(cls, data, "spec")
         values = dict(data)
         if "grid" in values:
-            values["grid"] = tuple(values["grid"])
+            values["grid"] = _check_list("grid", values["grid"])
         if "parameter_space" in values and not isinstance(values["parameter_space"], ParameterSpace):
             values["parameter_space"] = ParameterSpace.from_dict(values["parameter_space"])
         return cls(**values)
 
     @classmethod
     def from_json(cls, text: str) -> DatasetSpec:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as error:
+            raise SpecError("spec", f"a JSON object ({error})", text) from None
+        return cls.from_dict(data)
 
     @property
     def spec_hash(self) -> str:
@@ -232,6 +261,7 @@ def load_spec(path: str | Path) -> DatasetSpec:
     except OSError as error:
         raise SpecError("spec file", "a readable JSON file", str(path)) from error
     try:
-        return DatasetSpec.from_json(text)
+        data = json.loads(text)
     except json.JSONDecodeError as error:
         raise SpecError("spec file", f"valid JSON ({error})", str(path)) from error
+    return DatasetSpec.from_dict(data)

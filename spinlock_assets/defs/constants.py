@@ -12,10 +12,13 @@ DATASET_GROUP = "dataset"
 SPEC_ENV_VAR = "SPINLOCK_SPEC"
 DATA_ROOT_ENV_VAR = "SPINLOCK_DATA_ROOT"
 PLUGINS_ENV_VAR = "SPINLOCK_PLUGINS"  # modules that register extra feature families
-
+DEVICE_ENV_VAR = "SPINLOCK_DEVICE"  # torch device of the rollouts (a Celery worker's device kind)
 DEFAULT_DATA_ROOT = "data"
 
 OWNERS = ["team:operator-datasets"]
+
+# The concurrency pool of steps that roll out on a GPU: its limit is the number of GPUs.
+GPU_POOL = "gpu"
 
 # Scheduled verification: daily at 03:00, one run replaying this many operators (spread over all shards)
 # and checking this many shard files, whatever the dataset size (defs/verification/verify_now.py).

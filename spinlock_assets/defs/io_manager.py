@@ -17,7 +17,10 @@ import dagster as dg
 
 from spinlock_assets.core.fingerprint import package_version
 from spinlock_assets.core.shards import parse_shard_key
+from spinlock_assets.storage.errors import ShardMissingError, StorageError
+from spinlock_assets.storage.layout import GENERATION_ASSETS
 
+from .jobs import FEATURES_JOB, GENERATION_JOB
 from .resources import DatasetResource
 
 __all__ = ["IO_MANAGER_KEY", "HDF5ShardIOManager", "ShardOutput"]
@@ -80,9 +83,35 @@ class HDF5ShardIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         asset = context.asset_key.path[-1]
-        spec_hash = self.dataset.spec.spec_hash
-        contents = {
-            key: self.dataset.store.read(asset, key, expected_spec_hash=spec_hash)
-            for key in context.asset_partition_keys
-        }
+        contents = {key: self._read(context, asset, key) for key in context.asset_partition_keys}
         return next(iter(contents.values())) if len(contents) == 1 else contents
+
+    def _read(self, context: dg.InputContext, asset: str, shard_key: str) -> Any:
+        """One upstream shard; a missing or unreadable file fails the step with what to run first, not a
+        stack trace ending in a file path."""
+        try:
+            return self.dataset.store.read(asset, shard_key, expected_spec_hash=self.dataset.spec.spec_hash)
+        except StorageError as error:
+            raise upstream_shard_failure(context.op_def.name, asset, shard_key, error) from None
+
+
+def upstream_shard_failure(consumer: str, asset: str, shard_key: str, error: StorageError) -> dg.Failure:
+    """The step failure shown in the UI when ``consumer`` cannot read ``asset``'s shard ``shard_key``."""
+    job = GENERATION_JOB if asset in GENERATION_ASSETS else FEATURES_JOB
+    if isinstance(error, ShardMissingError):
+        problem = f"{asset} has not been materialized for partition {shard_key}"
+    else:
+        problem = f"the {asset} file of partition {shard_key} cannot be used ({type(error).__name__})"
+    return dg.Failure(
+        description=(
+            f"{consumer} cannot read its input: {problem}. Run {job} for partition {shard_key} first "
+            f"(or materialize {asset} for {shard_key} from its asset page), then re-run this partition."
+        ),
+        metadata={
+            "input_asset": asset,
+            "partition": shard_key,
+            "run_first": job,
+            "error": f"{type(error).__name__}: {error}",
+        },
+        allow_retries=False,  # a retry would read the same file
+    )

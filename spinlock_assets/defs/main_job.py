@@ -10,6 +10,11 @@ Growing a dataset is this one command: ``--grow-to N`` raises the spec's ``n_ope
 ``$SPINLOCK_SPEC``, or to ``./spinlock_spec.json`` for the embedded default), and the same pass then
 generates the new shards, backfills the materialized families on them and updates dataset.h5. Existing
 shard files are not touched (the spec hash excludes ``n_operators``).
+
+The instance is created (and migrated) once, under a file lock (``defs/instance.py``), and the whole job
+holds a lock on the data root, so two main jobs at once serialize instead of racing. A refusal (an
+invalid spec, a spec too large for this machine, a data root of another spec, a failed run) is one line
+on stderr; ``--debug`` adds the traceback and Dagster's own error logs (all are in the instance too).
 """
 
 from __future__ import annotations
@@ -20,19 +25,30 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["console_config", "main"]
 
-# The runs' full event logs are in the instance (and the UI); the terminal gets one line per shard.
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+PROG = "main job"
+DATA_ROOT_LOCK = ".main_job.lock"
 
 
-def _prepare_instance(home: Path) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(home.absolute())
+def console_config(level: str) -> dict:
+    """Run config for the console logger at ``level``: the runs' full event logs are in the instance (and
+    the UI); the terminal gets one line per shard."""
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
+
+
+def _run_error(result) -> str:
+    """The first error message of a failed run, on one line (its traceback stays in the instance)."""
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        while error is not None and error.cause is not None and not error.message.strip():
+            error = error.cause
+        if error is not None:
+            cause = error.cause or error
+            return " ".join(f"{cause.cls_name}: {cause.message}".split())
+    return "the run failed (see its logs in the UI)"
 
 
 def _grow_spec(n_operators: int) -> None:
@@ -44,7 +60,7 @@ def _grow_spec(n_operators: int) -> None:
     path = Path(os.environ.get(SPEC_ENV_VAR) or DEFAULT_SPEC_PATH)
     spec = load_spec(path)
     if n_operators < spec.n_operators:
-        raise SystemExit(f"--grow-to {n_operators}: the dataset already has {spec.n_operators} operators")
+        raise ValueError(f"--grow-to {n_operators}: the dataset already has {spec.n_operators} operators")
     if path.resolve() == DEFAULT_SPEC_PATH.resolve():
         path = Path("spinlock_spec.json").absolute()
         print(
@@ -68,35 +84,68 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="grow the dataset to N operators (a multiple of the shard size)",
     )
+    parser.add_argument("--debug", action="store_true", help="tracebacks and Dagster's error logs")
     args = parser.parse_args(argv)
-    _prepare_instance(Path(args.dagster_home))
-    if args.grow_to is not None:
-        _grow_spec(args.grow_to)
+    from spinlock_assets.core.spec import SpecError
+    from spinlock_assets.storage import StorageError
+
+    try:
+        return _main(args)
+    except (SpecError, StorageError, OSError, ValueError, MemoryError) as exc:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    from spinlock_assets.core.budget import check_disk
+    from spinlock_assets.defs.constants import DATA_ROOT_ENV_VAR, DEFAULT_DATA_ROOT
+
+    from .instance import LOCK_FILE, exclusive, prepare_instance
+
+    home = Path(args.dagster_home)
+    with exclusive(home / LOCK_FILE, what=PROG):  # creation and migration, once
+        for run_id in prepare_instance(home):
+            print(f"run {run_id}: its worker process is gone (killed?); marked failed", file=sys.stderr)
 
     import dagster as dg
-    import numpy as np
 
     # Data versions and partitioned checks are Dagster beta/preview features this project relies on.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-    from spinlock_assets.core.spec import DEFAULT_SPEC_PATH, load_spec
-    from spinlock_assets.definitions import build_definitions
-    from spinlock_assets.defs.constants import (
-        DATA_ROOT_ENV_VAR,
-        DEFAULT_DATA_ROOT,
-        FEATURES_GROUP,
-        SPEC_ENV_VAR,
-    )
-    from spinlock_assets.defs.jobs import DATASET_JOB, FEATURES_JOB, GENERATION_JOB
-    from spinlock_assets.defs.resources import DatasetResource
-    from spinlock_assets.storage.layout import BASE_FEATURES_ASSET, DATASET_FILE
+    # The data root's lock is taken before the spec is grown and read: two main jobs on one root serialize.
+    root = Path(os.environ.get(DATA_ROOT_ENV_VAR) or DEFAULT_DATA_ROOT).absolute()
+    with exclusive(root / DATA_ROOT_LOCK, what=PROG):
+        if args.grow_to is not None:
+            _grow_spec(args.grow_to)
+        from spinlock_assets.definitions import definitions_from_environment
+        from spinlock_assets.defs.resources import DatasetResource
 
-    # Built here from the environment as it is now (--grow-to may have just changed the spec), not taken
-    # from the module-level definitions, which an earlier import may have built from another spec.
-    spec = load_spec(os.environ.get(SPEC_ENV_VAR) or DEFAULT_SPEC_PATH)
-    defs = build_definitions(spec, os.environ.get(DATA_ROOT_ENV_VAR) or DEFAULT_DATA_ROOT)
-    dataset: DatasetResource = defs.resources["dataset"]
+        # Built from the environment as it is now (--grow-to may have just changed the spec), not taken
+        # from the module-level definitions, which an earlier import may have built from another spec.
+        defs = definitions_from_environment()  # the spec is read and checked here
+        dataset: DatasetResource = defs.resources["dataset"]
+        dataset.check_root_matches_spec()  # refused here in one line, not in every run's logs
+        check_disk(dataset.spec, dataset.data_root)
+        return _generate_and_verify(defs, dataset, args)
+
+
+def _generate_and_verify(defs: Any, dataset: Any, args: argparse.Namespace) -> int:
+    import dagster as dg
+    import numpy as np
+
+    from spinlock_assets.defs.constants import FEATURES_GROUP
+    from spinlock_assets.defs.jobs import DATASET_JOB, FEATURES_JOB, GENERATION_JOB
+    from spinlock_assets.storage.layout import BASE_FEATURES_ASSET, DATASET_FILE, GENERATION_ASSETS
+
+    quiet = console_config("ERROR" if args.debug else "CRITICAL")
+    spec = dataset.spec
+    # Temporary files of writers killed in an earlier run (never those of a live writer: see ShardStore).
+    stale = [path for asset in GENERATION_ASSETS for path in dataset.store.remove_stale_temp_files(asset)]
+    if stale:
+        print(f"removed {len(stale)} temporary files left by killed writers")
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         generation = defs.resolve_job_def(GENERATION_JOB)
@@ -119,18 +168,18 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append((features.get_subset(asset_selection=missing), key))
         for number, (job, key) in enumerate(runs, start=1):
             result = job.execute_in_process(
-                partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET
+                partition_key=key, instance=instance, raise_on_error=False, run_config=quiet
             )
-            status = "ok" if result.success else "FAILED"
+            status = "ok" if result.success else f"FAILED: {_run_error(result)}"
             elapsed = time.perf_counter() - started
             print(f"  [{number}/{len(runs)}] {job.name} {key}: {status} ({elapsed:.0f} s)")
             if not result.success:
                 return 1
-        if (
-            not defs.resolve_job_def(DATASET_JOB)
-            .execute_in_process(instance=instance, run_config=QUIET)
-            .success
-        ):
+        result = defs.resolve_job_def(DATASET_JOB).execute_in_process(
+            instance=instance, run_config=quiet, raise_on_error=False
+        )
+        if not result.success:
+            print(f"{PROG}: dataset.h5: FAILED: {_run_error(result)}", file=sys.stderr)
             return 1
 
     from spinlock_assets.core.verification import verify

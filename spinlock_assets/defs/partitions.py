@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from spinlock_assets.core.shards import parse_shard_key, shard_ranges
+from spinlock_assets.core.shards import shard_ranges
 from spinlock_assets.core.spec import DatasetSpec
 
-__all__ = ["shard_partitions", "operator_range"]
+__all__ = ["shard_partitions"]
 
 
 def shard_partitions(spec: DatasetSpec) -> dg.StaticPartitionsDefinition:
@@ -15,9 +15,3 @@ def shard_partitions(spec: DatasetSpec) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(
         [shard.key for shard in shard_ranges(spec.n_operators, spec.shard_size)]
     )
-
-
-def operator_range(partition_key: str) -> range:
-    """The global operator indices of a partition."""
-    shard = parse_shard_key(partition_key)
-    return range(shard.start, shard.stop)

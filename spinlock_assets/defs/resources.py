@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import PrivateAttr
 
+from spinlock_assets.core.progress import Progress
 from spinlock_assets.core.spec import DatasetSpec
 from spinlock_assets.storage import ShardStore
-
-from .progress import ProgressLog
 
 if TYPE_CHECKING:
     from spinlock_assets.core.record import OperatorRecord
@@ -43,6 +42,10 @@ class DatasetResource(dg.ConfigurableResource):
         mixing them would silently corrupt the dataset. Raises ``SpecMismatchError`` naming both hashes.
         One small marker file is read per run (``ShardStore.claim_spec``), whatever the number of shards."""
         self.store.claim_spec(self.spec.spec_hash, self.spec.to_json())
+
+
+def _silent(line: str) -> None:
+    """Progress sink when no log is given."""
 
 
 class RolloutResource(dg.ConfigurableResource):
@@ -90,20 +93,26 @@ class RolloutResource(dg.ConfigurableResource):
         """Yield one :class:`RolloutRecord` per record, logging progress (done/total, rate, ETA)."""
         from spinlock_assets.core.generation import roll_out
 
-        yield from roll_out(
-            records,
-            device=self.device,
-            keep_trajectories=keep_trajectories,
-            progress=ProgressLog(log),
-            build_operator=self.build_operator,
-        )
+        with Progress(emit=log.info if log is not None else _silent) as progress:
+            yield from roll_out(
+                records,
+                device=self.device,
+                keep_trajectories=keep_trajectories,
+                progress=progress,
+                build_operator=self.build_operator,
+            )
 
-    def verify(self, records: list[OperatorRecord], *, log: Any = None) -> list[Any]:
-        """Replay ``records`` and classify each against its stored digests (``core.verification``)."""
-        from spinlock_assets.core.verification import classify, same_fingerprint
+    def verify(
+        self, records: list[OperatorRecord], *, log: Any = None, stored_features: Any = None
+    ) -> list[Any]:
+        """Replay ``records`` and verify each against what was stored (``verification.verify_records``)."""
+        from spinlock_assets.core.verification import verify_records
 
-        current = self.fingerprint()
-        return [
-            classify(record, rollout, same_fingerprint=same_fingerprint(record.fingerprint, current))
-            for record, rollout in zip(records, self.roll_out(records, log=log), strict=True)
-        ]
+        with Progress(emit=log.info if log is not None else _silent) as progress:
+            return verify_records(
+                records,
+                device=self.device,
+                stored_features=stored_features,
+                build_operator=self.build_operator,
+                progress=progress,
+            )

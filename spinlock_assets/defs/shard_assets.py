@@ -1,14 +1,16 @@
 """What every shard asset shares: loading a shard's replayable records, returning its output with a content
-data version, and the preview image shown in the UI's metadata panel."""
+data version, the preview image shown in the UI's metadata panel, and the sha256 its materializations
+recorded."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
+import numpy as np
 
-from spinlock_assets.figures import plots
 from spinlock_assets.storage.operator_arrays import stored_records
 
 from .io_manager import ShardOutput
@@ -16,9 +18,12 @@ from .resources import DatasetResource
 
 if TYPE_CHECKING:
     from spinlock_assets.core.record import OperatorRecord
-    from spinlock_assets.storage import ShardContents
+    from spinlock_assets.figures.plots import Preview
+    from spinlock_assets.storage import ShardContents, ShardStore
 
-__all__ = ["arrays_of", "load_records", "preview", "shard_output"]
+__all__ = ["arrays_of", "finite_mean", "load_records", "preview", "recorded_sha256", "shard_output"]
+
+_PARTITIONS_PER_QUERY = 500  # partition keys bound in one query (SQLite limits bound variables)
 
 
 def arrays_of(contents: ShardContents) -> dict[str, Any]:
@@ -45,12 +50,48 @@ def load_records(
     )
 
 
-def preview(png: bytes, alt: str) -> dg.MetadataValue:
-    """A small rendered image for the UI's metadata panel."""
-    return dg.MetadataValue.md(plots.markdown_image(png, alt))
+def preview(figure: Preview) -> dg.MetadataValue:
+    """A figure with its caption for the UI's metadata panel ("[Show Markdown]" opens it)."""
+    return dg.MetadataValue.md(figure.markdown())
+
+
+def finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite entries as numeric metadata (NaN when there is none, e.g. all diverged)."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 def shard_output(output: ShardOutput, **metadata: Any) -> dg.Output:
     """The shard's output, versioned by its content: a bit-identical re-materialization keeps downstream
     assets fresh."""
     return dg.Output(output, data_version=dg.DataVersion(output.content_version), metadata=metadata)
+
+
+def recorded_sha256(
+    instance: dg.DagsterInstance, store: ShardStore, asset: str, shard_keys: Iterable[str]
+) -> dict[str, str]:
+    """``shard_key -> sha256`` recorded by the latest materialization of each of ``shard_keys`` of ``asset``
+    whose file is the one in ``store`` (an instance may have materialized the same asset under another data
+    root); shards never materialized there are absent. Queries those partitions' records only, so the
+    cost is the number of keys asked for, not the number of partitions the asset has."""
+    recorded: dict[str, str] = {}
+    keys = sorted(set(shard_keys))
+    for first in range(0, len(keys), _PARTITIONS_PER_QUERY):
+        chunk = keys[first : first + _PARTITIONS_PER_QUERY]
+        records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=chunk)
+        cursor = None
+        while True:  # newest first, so the first record of this root seen per partition is its latest
+            page = instance.fetch_materializations(records_filter, limit=1000, cursor=cursor)
+            for record in page.records:
+                event = record.asset_materialization
+                if event is None or event.partition in recorded or "sha256" not in event.metadata:
+                    continue
+                path = event.metadata.get("path")
+                if path is None or str(path.value) != str(store.path(asset, event.partition)):
+                    continue
+                recorded[event.partition] = str(event.metadata["sha256"].value)
+            if not page.has_more:
+                break
+            cursor = page.cursor
+    return recorded

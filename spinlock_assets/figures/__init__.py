@@ -1,1 +1,1 @@
-"""Figures for the UI's metadata panel: pure numpy in, PNG bytes out; no Dagster."""
+"""Figures for the UI's metadata panel: numpy in, captioned matplotlib figures and PNGs out; no Dagster."""

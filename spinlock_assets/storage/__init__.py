@@ -15,6 +15,7 @@ from spinlock_assets.storage.errors import (
     InitialConditionMismatchError,
     OutputExistsError,
     ShardArrayMissingError,
+    ShardChangedError,
     ShardCorruptError,
     ShardExistsError,
     ShardMissingError,
@@ -34,8 +35,6 @@ from spinlock_assets.storage.layout import (
     FixedArray,
     Problem,
     family_source,
-    format_shard_key,
-    parse_shard_key,
 )
 from spinlock_assets.storage.shard_file import (
     ShardContents,
@@ -59,6 +58,7 @@ __all__ = [
     "InitialConditionMismatchError",
     "OutputExistsError",
     "ShardArrayMissingError",
+    "ShardChangedError",
     "ShardCorruptError",
     "ShardExistsError",
     "ShardMissingError",
@@ -76,8 +76,6 @@ __all__ = [
     "FixedArray",
     "Problem",
     "family_source",
-    "format_shard_key",
-    "parse_shard_key",
     "ShardContents",
     "ShardFileInfo",
     "ShardHeader",

@@ -3,6 +3,11 @@
 A crash or an exception at any point leaves either the old file or the new one under the real
 name, never a half-written one; the temporary sibling is deleted on exceptions, and a killed
 process's leftover is recognisable by its name (``.<name>.tmp-<pid>-<hex>``) for later cleanup.
+
+HDF5 files are built in memory first (``publish_hdf5``): when HDF5 itself writes to a full disk, the
+failed flush leaves h5py objects that fail again when they are garbage collected ("Exception ignored",
+pages of them) and can crash the interpreter at exit. Built in memory, the file reaches the disk as one
+plain ``write`` of its bytes, whose failure is an ordinary ``OSError`` and nothing else.
 """
 
 from __future__ import annotations
@@ -10,13 +15,15 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from spinlock_assets.storage.errors import OutputExistsError
+import h5py
 
-__all__ = ["atomic_output", "temp_path_for", "parse_temp_name"]
+from spinlock_assets.storage.errors import OutputExistsError, StorageError
+
+__all__ = ["atomic_output", "hdf5_image", "publish_hdf5", "temp_path_for", "parse_temp_name"]
 
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
 
@@ -76,3 +83,48 @@ def _publish(tmp: Path, path: Path, *, overwrite: bool, exists_error: type[Outpu
         os.replace(tmp, path)
         return
     tmp.unlink()
+
+
+def hdf5_image(fill: Callable[[h5py.File], None]) -> bytes:
+    """The bytes of an HDF5 file that ``fill`` writes, built in memory (core driver, no backing store).
+
+    libver v110: checksummed object headers, so damaged names, shapes and dtypes fail the read too.
+    """
+    with h5py.File(
+        f"in-memory-{secrets.token_hex(8)}.h5",
+        "w",
+        driver="core",
+        backing_store=False,
+        libver=("v110", "latest"),
+    ) as handle:
+        fill(handle)
+        handle.flush()
+        return handle.id.get_file_image()
+
+
+def publish_hdf5(
+    path: Path,
+    fill: Callable[[h5py.File], None],
+    *,
+    overwrite: bool,
+    exists_error: type[OutputExistsError] = OutputExistsError,
+) -> bytes:
+    """Build the HDF5 file ``fill`` writes in memory and publish it atomically as ``path``; return its bytes
+    (so a caller hashes them without reading the file back). A failed write (disk full, permissions)
+    raises one ``OSError`` naming ``path``: the OS does not say which file."""
+    try:
+        image = hdf5_image(fill)
+        with (
+            atomic_output(path, overwrite=overwrite, exists_error=exists_error) as tmp,
+            open(tmp, "xb") as out,
+        ):
+            out.write(image)
+    except StorageError:  # already names the file and the fix
+        raise
+    except OSError as exc:
+        message = (
+            f"{path}: writing the file failed ({exc.strerror or exc}); nothing was published and a previous "
+            "file under that name keeps its bytes"
+        )
+        raise (OSError(exc.errno, message) if exc.errno is not None else OSError(message)) from None
+    return image

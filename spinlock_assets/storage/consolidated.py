@@ -11,7 +11,16 @@ Building costs what changed, not what exists: a shard whose file keeps the size 
 in the previous dataset.h5's shard table keeps its row without being opened; any other shard is
 described by its manifest (``manifest.py``) or, failing that, its header and a fresh SHA-256. The
 virtual mappings are then written through the low-level API (one reused selection per dataset), about
-0.7 s for 40,000 mappings, so dataset.h5 is always written whole and never patched in place.
+0.7 s for 40,000 mappings, so dataset.h5 is always written whole and never patched in place. Rows are
+kept only from a previous dataset.h5 whose bytes still hash to the sha256 recorded when it was written
+(``update_consolidated_dataset``'s ``previous_sha256``): an edited table is never trusted.
+
+Rebuilding compares before it records: a shard file read afresh whose sha256 differs from the one the
+previous dataset.h5 recorded, or from the one recorded at materialization (``recorded_sha256``, from the
+Dagster instance), is refused with ``ShardChangedError`` unless the materialization record vouches for
+the new bytes, so a file edited in place is never laundered into a fresh record. A kept row keeps the
+sha256 checked when it was read: a file changed behind an unchanged size and mtime then fails every
+later hash check against dataset.h5 (``storage.integrity``), it is never recorded anew.
 
 A compact dataset (spec ``store_initial_conditions=False``) has initial_conditions shards without
 ``fields``, so dataset.h5 has no ``/inputs/fields``; ``/inputs`` holds ``ic_digest`` and its ``present``
@@ -20,9 +29,10 @@ mask still marks the rows whose initial_conditions shard exists (their ICs can b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,12 +40,14 @@ from typing import Any
 import h5py
 import numpy as np
 
+from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.storage.arrays import ArrayInfo
-from spinlock_assets.storage.atomic import atomic_output
+from spinlock_assets.storage.atomic import publish_hdf5
 from spinlock_assets.storage.errors import (
     InconsistentShardsError,
     OutputExistsError,
     ShardArrayMissingError,
+    ShardChangedError,
     ShardCorruptError,
 )
 from spinlock_assets.storage.layout import (
@@ -50,12 +62,18 @@ from spinlock_assets.storage.layout import (
     check_fixed_asset_arrays,
     decode_attr,
     encode_attr,
-    parse_shard_key,
 )
 from spinlock_assets.storage.manifest import ShardRecord
+from spinlock_assets.storage.shard_file import file_sha256
 from spinlock_assets.storage.store import ShardStore
 
-__all__ = ["Consolidation", "ConsolidatedSource", "build_consolidated_dataset", "update_consolidated_dataset"]
+__all__ = [
+    "Consolidation",
+    "ConsolidatedSource",
+    "RecordedSha256",
+    "build_consolidated_dataset",
+    "update_consolidated_dataset",
+]
 
 _DERIVED_ATTRS = ("schema_version", "n_operators", "family_versions", "fingerprints")
 _TEXT_FIELDS = ("asset", "shard_key", "sha256", "code_version", "fingerprint_json")
@@ -71,14 +89,24 @@ class _Scan:
     first_file: dict[str, Path] = field(default_factory=dict)
 
 
+# (asset, shard keys) -> the sha256 recorded when each of those shards was materialized, by shard key
+RecordedSha256 = Callable[[str, Sequence[str]], Mapping[str, str]]
+
+
 @dataclass(frozen=True)
 class Consolidation:
-    """A written dataset.h5 and what building it cost: shard records read (from manifests, or from headers
-    and a fresh hash), the rest being rows of the previous dataset.h5 whose file had not changed."""
+    """A written dataset.h5 (and the sha256 of its bytes) and what building it cost: shard records read
+    (from manifests, or from headers and a fresh hash), the rest being rows of the previous dataset.h5
+    whose file had not changed."""
 
     path: Path
-    shards_present: int
+    sha256: str
+    shards_by_asset: dict[str, int]
     shards_read: int
+
+    @property
+    def shards_present(self) -> int:
+        return sum(self.shards_by_asset.values())
 
 
 def build_consolidated_dataset(
@@ -90,6 +118,7 @@ def build_consolidated_dataset(
     sources: Sequence[ConsolidatedSource],
     root_attrs: Mapping[str, Any],
     overwrite: bool = False,
+    recorded_sha256: RecordedSha256 | None = None,
 ) -> Path:
     """Write ``out_path`` (normally ``<store.root>/dataset.h5``) as a view over the shards; return it.
 
@@ -99,10 +128,22 @@ def build_consolidated_dataset(
     An asset none of whose shards exists yet (a family not materialized) adds no paths; the validator
     reports a fixed asset in that state as missing required datasets. A shard of a fixed asset that
     breaks ``layout.check_fixed_asset_arrays`` (e.g. IC fields neither stored nor marked regenerated)
-    raises ``ShardCorruptError``. Every shard is read afresh (from its manifest or its file).
+    raises ``ShardCorruptError``. ``recorded_sha256(asset, shard_keys)`` gives the sha256 recorded when
+    those shards were materialized (by shard key; shards without a record are absent); a shard whose
+    bytes differ from it, or from the sha256 the previous ``out_path`` recorded without a record vouching
+    for the change, raises ``ShardChangedError``. Every shard is read afresh (from its manifest or its
+    file).
     """
     return _consolidate(
-        store, Path(out_path), n_operators, shard_keys, sources, root_attrs, overwrite=overwrite, reuse=False
+        store,
+        Path(out_path),
+        n_operators,
+        shard_keys,
+        sources,
+        root_attrs,
+        overwrite=overwrite,
+        recorded_sha256=recorded_sha256,
+        previous_sha256=None,
     ).path
 
 
@@ -114,12 +155,23 @@ def update_consolidated_dataset(
     shard_keys: Sequence[str],
     sources: Sequence[ConsolidatedSource],
     root_attrs: Mapping[str, Any],
+    previous_sha256: str | None,
+    recorded_sha256: RecordedSha256 | None = None,
 ) -> Consolidation:
     """Rewrite ``out_path`` like :func:`build_consolidated_dataset`, reading only the shards that changed
     since it was last written (new, replaced or touched files); the result has the same content as a
-    full rebuild. Without a previous dataset.h5 of the same spec it is a full rebuild."""
+    full rebuild. Rows are kept only from a previous ``out_path`` of the same spec whose bytes hash to
+    ``previous_sha256`` (what was recorded when it was written); otherwise it is a full rebuild."""
     return _consolidate(
-        store, Path(out_path), n_operators, shard_keys, sources, root_attrs, overwrite=True, reuse=True
+        store,
+        Path(out_path),
+        n_operators,
+        shard_keys,
+        sources,
+        root_attrs,
+        overwrite=True,
+        recorded_sha256=recorded_sha256,
+        previous_sha256=previous_sha256,
     )
 
 
@@ -132,7 +184,8 @@ def _consolidate(
     root_attrs: Mapping[str, Any],
     *,
     overwrite: bool,
-    reuse: bool,
+    recorded_sha256: RecordedSha256 | None,
+    previous_sha256: str | None,
 ) -> Consolidation:
     ranges = _check_shard_keys(n_operators, shard_keys)
     _check_sources(sources)
@@ -141,30 +194,37 @@ def _consolidate(
             raise ValueError(f"root_attrs[{key!r}]: expected a string, got {root_attrs.get(key)!r}")
     if not overwrite and out_path.exists():
         raise OutputExistsError(f"{out_path} already exists; pass overwrite=True to replace it")
-    previous = _previous(out_path, root_attrs["spec_hash"], sources) if reuse else {}
+    trusted = previous_sha256 is not None and out_path.is_file() and file_sha256(out_path) == previous_sha256
+    previous = _previous(out_path, root_attrs["spec_hash"], sources) if trusted else {}
     scans = [
         _scan(store, source, ranges, root_attrs["spec_hash"], previous.get(source.asset))
         for source in sources
     ]
     scans = [scan for scan in scans if scan.rows]  # an asset with no shard yet has nothing to show
+    read = [row for scan in scans for row in scan.rows if not row["reused"]]
+    _check_recorded(read, _previous_sha256(out_path), recorded_sha256)
     metadata = _metadata_attrs(root_attrs, n_operators, scans)
-    with (
-        atomic_output(out_path, overwrite=overwrite) as tmp,
-        h5py.File(tmp, "w-", libver=("v110", "latest")) as f,
-    ):
+
+    def fill(f: h5py.File) -> None:
         f.attrs.update({key: metadata[key] for key in ROOT_ATTRS})
         f.require_group(METADATA_GROUP).attrs.update(metadata)
         _write_shards_table(f, scans)
         for scan in scans:
             _write_source(f, out_path.parent, scan, n_operators)
-    rows = [row for scan in scans for row in scan.rows]
-    return Consolidation(out_path, len(rows), sum(not row["reused"] for row in rows))
+
+    image = publish_hdf5(out_path, fill, overwrite=overwrite)
+    return Consolidation(
+        out_path,
+        hashlib.sha256(image).hexdigest(),
+        {scan.source.asset: len(scan.rows) for scan in scans},
+        len(read),
+    )
 
 
 def _check_shard_keys(n_operators: int, shard_keys: Sequence[str]) -> dict[str, tuple[int, int]]:
     if n_operators < 1:
         raise ValueError(f"n_operators: expected >= 1, got {n_operators}")
-    ranges = {key: parse_shard_key(key) for key in shard_keys}
+    ranges = {key: parse_shard_key(key).bounds for key in shard_keys}
     expected_start = 0
     for key, (start, stop) in sorted(ranges.items(), key=lambda item: item[1]):
         if start != expected_start or stop > n_operators:
@@ -314,6 +374,50 @@ def _read_row(scan: _Scan, record: ShardRecord, start: int, stop: int) -> dict[s
         "arrays": sorted(set(source.arrays) & set(record.arrays)),
         "reused": False,
     }
+
+
+def _previous_sha256(path: Path) -> dict[tuple[str, str], str]:
+    """What an existing dataset.h5 recorded per (asset, shard), trusted or not (it can only refuse a
+    shard); empty when there is none to read."""
+    from spinlock_assets.storage.integrity import shard_rows
+
+    if not path.is_file():
+        return {}
+    try:
+        with h5py.File(path, "r") as handle:
+            return {(row.asset, row.shard_key): row.sha256 for row in shard_rows(handle)}
+    except OSError:
+        return {}  # an unreadable previous file records nothing; it is replaced
+
+
+def _check_recorded(
+    rows: Sequence[dict[str, Any]],
+    previous: Mapping[tuple[str, str], str],
+    recorded_sha256: RecordedSha256 | None,
+) -> None:
+    """Refuse a shard read afresh whose bytes differ from its materialization record, or from the previous
+    dataset.h5's record without a materialization record vouching for the change."""
+    keys: dict[str, list[str]] = {}
+    for row in rows:
+        keys.setdefault(row["asset"], []).append(row["shard_key"])
+    recorded = {
+        (asset, key): sha256
+        for asset, shard_keys in keys.items()
+        for key, sha256 in (recorded_sha256(asset, shard_keys) if recorded_sha256 else {}).items()
+    }
+    for row in rows:
+        key, actual = (row["asset"], row["shard_key"]), row["sha256"]
+        if key in recorded and recorded[key] != actual:
+            raise ShardChangedError(
+                f"{row['path']}: sha256 is {actual}, but {recorded[key]} was recorded when it was "
+                "materialized: the file changed outside the pipeline; rematerialize it"
+            )
+        if key in previous and previous[key] != actual and key not in recorded:
+            raise ShardChangedError(
+                f"{row['path']}: sha256 is {actual}, but the previous dataset.h5 recorded {previous[key]} "
+                "and no materialization vouches for the change: rematerialize the shard (or delete "
+                "dataset.h5 to accept the files as they are)"
+            )
 
 
 def _compare(scan: _Scan, name: str, info: ArrayInfo, path: Path) -> None:

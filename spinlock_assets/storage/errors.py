@@ -12,6 +12,7 @@ __all__ = [
     "ShardExistsError",
     "ShardMissingError",
     "ShardCorruptError",
+    "ShardChangedError",
     "ShardArrayMissingError",
     "SpecMismatchError",
     "InconsistentShardsError",
@@ -37,6 +38,11 @@ class ShardMissingError(StorageError, FileNotFoundError):
 
 class ShardCorruptError(StorageError, OSError):
     """Not a readable shard file of this layout: truncated, not HDF5, failed checksum, attributes missing."""
+
+
+class ShardChangedError(ShardCorruptError):
+    """A shard file's bytes differ from the sha256 recorded when it was materialized or when dataset.h5
+    was last built: it was changed outside the pipeline, and recording its new hash would launder it."""
 
 
 class ShardArrayMissingError(StorageError, KeyError):

@@ -40,8 +40,6 @@ __all__ = [
     "FIXED_SOURCES",
     "IC_FIELDS_REGENERATED",
     "family_source",
-    "format_shard_key",
-    "parse_shard_key",
     "encode_attr",
     "decode_attr",
     "check_array_attrs",
@@ -89,8 +87,6 @@ FEATURE_AXIS = "feature"  # the axis that ``@feature_names`` names, when an arra
 PRESENT = "present"  # uint8 [N] mask in each data group of dataset.h5
 METADATA_GROUP = "/metadata"
 SHARDS_TABLE = "/metadata/shards"
-
-_SHARD_KEY = re.compile(r"^ops-(\d{6,})-(\d{6,})$")
 
 
 @dataclass(frozen=True)
@@ -197,26 +193,6 @@ def family_source(
     if not arrays:
         raise ValueError(f"family {family_name!r}: expected at least one array name, got none")
     return ConsolidatedSource(asset=asset or f"{family_name}_features", arrays=arrays)
-
-
-def format_shard_key(operator_start: int, operator_stop: int) -> str:
-    """``ops-<first>-<last>`` for operators ``[start, stop)``, zero-padded so lexical order is numeric."""
-    if not 0 <= operator_start < operator_stop:
-        raise ValueError(
-            f"operator range must satisfy 0 <= start < stop, got [{operator_start}, {operator_stop})"
-        )
-    return f"ops-{operator_start:06d}-{operator_stop - 1:06d}"
-
-
-def parse_shard_key(shard_key: str) -> tuple[int, int]:
-    """``(operator_start, operator_stop)`` (stop exclusive) of a shard key such as ``ops-000032-000063``."""
-    match = _SHARD_KEY.match(shard_key)
-    if match is None:
-        raise ValueError(f"shard key must look like 'ops-000032-000063', got {shard_key!r}")
-    start, last = int(match.group(1)), int(match.group(2))
-    if last < start:
-        raise ValueError(f"shard key {shard_key!r}: last operator {last} is before first operator {start}")
-    return start, last + 1
 
 
 def encode_attr(value: Any) -> str | int | float | bool:

@@ -44,7 +44,7 @@ __all__ = [
 
 # Version of the rollout engine's numerics (operator, policies, noise order, digest). Bump on any change
 # that alters a digest: stored digests then belong to the previous engine.
-ENGINE_VERSION = "1.0.0"
+ENGINE_VERSION = "2.0.0"
 
 
 def ic_digest(field: np.ndarray) -> bytes:

@@ -19,15 +19,15 @@ from typing import Any
 import h5py
 import numpy as np
 
+from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.storage.arrays import ArrayInfo, StoredArray, check_stored_array, read_array, write_array
-from spinlock_assets.storage.atomic import atomic_output
+from spinlock_assets.storage.atomic import publish_hdf5
 from spinlock_assets.storage.errors import (
     ShardArrayMissingError,
     ShardCorruptError,
     ShardExistsError,
     ShardMissingError,
     SpecMismatchError,
-    StorageError,
 )
 from spinlock_assets.storage.layout import (
     SCHEMA_VERSION,
@@ -36,7 +36,6 @@ from spinlock_assets.storage.layout import (
     check_array_attrs,
     decode_attr,
     encode_attr,
-    parse_shard_key,
 )
 
 __all__ = [
@@ -100,24 +99,14 @@ def write_shard_file(
     file_attrs = _complete_file_attrs(attrs)
     for name, array in arrays.items():
         check_stored_array(name, array, file_attrs["operator_start"], file_attrs["operator_stop"])
-    try:
-        with atomic_output(path, overwrite=overwrite, exists_error=ShardExistsError) as tmp:
-            # libver v110: checksummed object headers, so damaged names, shapes and dtypes fail the read too.
-            with h5py.File(tmp, "w-", libver=("v110", "latest")) as handle:
-                handle.attrs.update({key: encode_attr(value) for key, value in file_attrs.items()})
-                for name, array in arrays.items():
-                    write_array(handle, name, array)
-            sha256 = file_sha256(tmp)
-            n_bytes = tmp.stat().st_size
-    except StorageError:
-        raise
-    except OSError as exc:  # disk full, permissions...: the OS and h5py do not say which file
-        message = (
-            f"{path}: writing the shard file failed ({exc.strerror or exc}); nothing was published "
-            "and a previous file under that name keeps its bytes"
-        )
-        raise (OSError(exc.errno, message) if exc.errno is not None else OSError(message)) from exc
-    return ShardFileInfo(path=path, sha256=sha256, n_bytes=n_bytes)
+
+    def fill(handle: h5py.File) -> None:
+        handle.attrs.update({key: encode_attr(value) for key, value in file_attrs.items()})
+        for name, array in arrays.items():
+            write_array(handle, name, array)
+
+    image = publish_hdf5(path, fill, overwrite=overwrite, exists_error=ShardExistsError)
+    return ShardFileInfo(path=path, sha256=hashlib.sha256(image).hexdigest(), n_bytes=len(image))
 
 
 def read_shard_header(
@@ -169,7 +158,7 @@ def _complete_file_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(given[key], (int, np.integer)) or isinstance(given[key], bool):
             raise ValueError(f"file attribute {key!r}: expected an int, got {given[key]!r}")
         given[key] = int(given[key])
-    key_range = parse_shard_key(str(given["shard_key"]))
+    key_range = parse_shard_key(str(given["shard_key"])).bounds
     if key_range != (given["operator_start"], given["operator_stop"]):
         raise ValueError(
             f"file attributes operator_start/operator_stop: expected {key_range} from shard key "
@@ -232,7 +221,7 @@ def check_shard_header(header: ShardHeader) -> list[Problem]:
         ]
     problems = []
     try:
-        key_range = parse_shard_key(str(attrs["shard_key"]))
+        key_range = parse_shard_key(str(attrs["shard_key"])).bounds
     except ValueError as exc:
         key_range = None
         problems.append(Problem(where, f"@shard_key: {exc}"))

@@ -16,10 +16,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.storage.arrays import StoredArray
 from spinlock_assets.storage.atomic import atomic_output, parse_temp_name
 from spinlock_assets.storage.errors import ShardCorruptError, SpecMismatchError, StorageError
-from spinlock_assets.storage.layout import SPEC_MARKER_FILE, Problem, parse_shard_key
+from spinlock_assets.storage.layout import SPEC_MARKER_FILE, Problem
 from spinlock_assets.storage.manifest import ShardRecord, read_manifest, write_manifest
 from spinlock_assets.storage.shard_file import (
     ShardContents,
@@ -31,7 +32,7 @@ from spinlock_assets.storage.shard_file import (
     write_shard_file,
 )
 
-__all__ = ["ShardStore"]
+__all__ = ["ShardStore", "pid_alive"]
 
 _ASSET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -63,7 +64,7 @@ class ShardStore:
 
         Values for those keys given in ``attrs`` must agree with the location (``ValueError`` otherwise).
         """
-        start, stop = parse_shard_key(shard_key)
+        start, stop = parse_shard_key(shard_key).bounds
         located = {"asset": asset, "shard_key": shard_key, "operator_start": start, "operator_stop": stop}
         for key, value in located.items():
             if key in attrs and attrs[key] != value:
@@ -111,11 +112,11 @@ class ShardStore:
 
     def read_rows(
         self, asset: str, shard_key: str, operators: Sequence[int], *, expected_spec_hash: str | None = None
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """File attributes and the rows of ``operators`` (global indices inside the shard) of every array:
-        a replay of a few operators reads those rows only, not the whole shard."""
+    ) -> tuple[ShardHeader, dict[str, np.ndarray]]:
+        """The shard's header (file attributes, array descriptions) and the rows of ``operators`` (global
+        indices inside the shard) of every array: a replay of a few operators reads those rows only."""
         header = self.read_header(asset, shard_key, expected_spec_hash=expected_spec_hash)
-        start, stop = parse_shard_key(shard_key)
+        start, stop = parse_shard_key(shard_key).bounds
         rows = sorted({index - start for index in operators})
         if rows and not (rows[0] >= 0 and rows[-1] < stop - start):
             raise ValueError(f"operators {sorted(operators)} are not all in shard {shard_key}")
@@ -124,7 +125,7 @@ class ShardStore:
                 arrays = {name: handle[name][rows] for name in header.arrays}
         except (OSError, RuntimeError) as exc:
             raise ShardCorruptError(f"{header.path}: rows cannot be read ({exc}); rematerialize it") from None
-        return header.attrs, arrays
+        return header, arrays
 
     def claim_spec(self, spec_hash: str, spec_json: str) -> None:
         """Bind the root to one spec, or raise ``SpecMismatchError`` if it holds another spec's shards.
@@ -217,7 +218,7 @@ class ShardStore:
             parsed = parse_temp_name(entry.name)
             if parsed is None or not entry.is_file():
                 continue
-            if now - entry.stat().st_mtime >= min_age_s and not _pid_alive(parsed[1]):
+            if now - entry.stat().st_mtime >= min_age_s and not pid_alive(parsed[1]):
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
         return sorted(removed)
@@ -236,7 +237,8 @@ class ShardStore:
             )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (a process of another user counts)."""
     if os.name != "posix":
         return True  # on Windows os.kill(pid, 0) would send CTRL_C_EVENT; keep the file instead
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from spinlock_assets.core.features.base import SERIES_FIELDS, SUMMARY_FIELDS
+from spinlock_assets.core.shards import parse_shard_key, shard_ranges
 from spinlock_assets.storage.arrays import StoredArray
 from spinlock_assets.storage.consolidated import build_consolidated_dataset
 from spinlock_assets.storage.layout import (
@@ -23,8 +24,6 @@ from spinlock_assets.storage.layout import (
     DATASET_FILE,
     FIXED_ARRAYS,
     FIXED_SOURCES,
-    format_shard_key,
-    parse_shard_key,
 )
 from spinlock_assets.storage.store import ShardStore
 
@@ -63,9 +62,9 @@ def write_tiny_dataset(
     spec_hash = hashlib.sha256(spec_json.encode()).hexdigest()
     store = ShardStore(root)
     skipped = set(skip)
-    keys = [format_shard_key(s, min(s + shard_size, n_operators)) for s in range(0, n_operators, shard_size)]
+    keys = [shard.key for shard in shard_ranges(n_operators, shard_size)]
     for key in keys:
-        start, stop = parse_shard_key(key)
+        start, stop = parse_shard_key(key).bounds
         for asset, arrays in _shard_arrays(rng, start, stop, dims, trajectories=trajectories).items():
             if (asset, key) in skipped:
                 continue

@@ -137,6 +137,15 @@ def _check_metadata(attrs: dict[str, Any]) -> list[Problem]:
 def _check_virtual_sources(dataset: h5py.Dataset, path: Path) -> list[Problem]:
     if not dataset.is_virtual:
         return []
+    outside = sorted(
+        {
+            source.file_name
+            for source in dataset.virtual_sources()
+            if PurePosixPath(source.file_name).is_absolute() or ".." in PurePosixPath(source.file_name).parts
+        }
+    )
+    if outside:  # the layout maps by paths relative to the data folder, and only inside it
+        return [Problem(dataset.name, f"maps rows to {outside[0]!r}, outside the data folder; refused")]
     missing = sorted(
         {
             source.file_name

@@ -81,7 +81,7 @@ def test_digest_independent_of_thread_count(spec):
 
 def test_digest_independent_of_thread_count_at_64x64_for_a_small_operator():
     """The shape where oneDNN changes algorithm with the batch size (3 -> 16 channels, 3x3, 64x64), at
-    the engine's full M: 1 thread (steps on the calling thread) vs 2 (steps on the worker pool)."""
+    the engine's full M: 1 intra-op thread vs 2 (and noise drawn on 1 thread vs shared with a worker)."""
     hp = OperatorHyperparameters(2, 16, 3, "tanh", 0.05, 1.0, "autoregressive", None, None, "blobs", 0.5)
     operator = build_operator(hp, channels=3, weight_seed=2)
     ic = np.random.default_rng(1).standard_normal((3, 64, 64)).astype(np.float32)
@@ -99,13 +99,13 @@ def test_digest_independent_of_thread_count_at_64x64_for_a_small_operator():
 def test_pool_workers_compute_on_one_intra_op_thread():
     """Each realization's arithmetic must be the same single-threaded sequence whatever torch's thread count:
     a worker that inherited 2 intra-op threads would silently split its ops (an earlier engine did)."""
-    from spinlock_assets.core.rollout import _submit_for_result, _worker_pool
+    from spinlock_assets.core.lanes import submit_for_result, worker_pool
 
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        pool = _worker_pool(2)
-        counts = [_submit_for_result(pool, torch.get_num_threads) for _ in range(8)]
+        pool = worker_pool(2)
+        counts = [submit_for_result(pool, torch.get_num_threads) for _ in range(8)]
         assert [future.result(timeout=10) for future in counts] == [1] * 8
         assert torch.get_num_threads() == 2  # the caller's own count is left as it was
     finally:

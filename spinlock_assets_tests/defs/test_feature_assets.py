@@ -105,3 +105,52 @@ def test_replay_that_does_not_match_the_stored_digest_fails_naming_the_operator(
 def test_unknown_family_name_lists_known_ones():
     with pytest.raises(ValueError, match="spectral"):
         get_family("spectrl")
+
+
+def test_family_materializations_show_a_named_feature_map_and_numeric_scalars(generated):
+    root, instance = generated
+    result = materialize(tiny_definitions(tiny_spec(), root), ["spectral_features"], instance, SHARDS[1])
+    event = next(e for e in result.get_asset_materialization_events())
+    metadata = event.materialization.metadata
+    caption = metadata["feature_map"].value.split("\n\n")[1]
+    assert caption.startswith("spectral / summary (channel 0, statistic time_mean): operators 4–7")
+    assert "column standard deviation" in caption
+    assert isinstance(metadata["replay_exact"], dg.IntMetadataValue)
+    assert metadata["replay_not_reproduced"].value == 0
+    assert isinstance(metadata["seconds_per_operator"], dg.FloatMetadataValue)
+
+
+def test_a_damaged_base_features_shard_fails_saying_which_job_to_rerun(tmp_path):
+    with dg.instance_for_test() as instance:
+        defs = tiny_definitions(tiny_spec(), tmp_path)
+        generate(defs, instance, SHARDS[:1])
+        (tmp_path / "base_features" / f"{SHARDS[0]}.h5").write_bytes(b"not hdf5")
+        result = materialize(defs, ["spectral_features"], instance, SHARDS[0], raise_on_error=False)
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    description = failure.step_failure_data.user_failure_data.description
+    assert description.startswith(
+        f"replay_feature_families cannot read its input: the base_features file of partition {SHARDS[0]} "
+        "cannot be used (ShardCorruptError)."
+    )
+    assert f"Run generate_shards for partition {SHARDS[0]} first" in description
+
+
+def test_dataset_is_rebuilt_once_a_new_family_has_landed(tmp_path):
+    """``dataset`` asks for a rebuild after new shards or a new family land, and not again until more do."""
+    defs = tiny_definitions(tiny_spec(), tmp_path)
+
+    def requested(instance, cursor):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return result.get_num_requested(dg.AssetKey("dataset")), result.cursor
+
+    with dg.instance_for_test() as instance:
+        _, cursor = requested(instance, None)  # the first evaluation only starts the cursor
+        generate(defs, instance, SHARDS[:1])
+        count, cursor = requested(instance, cursor)
+        assert count == 1, "new shards: rebuild"
+        assert materialize(defs, ["dataset"], instance).success
+        count, cursor = requested(instance, cursor)
+        assert count == 0, "nothing new since the rebuild"
+        assert materialize(defs, ["spectral_features"], instance, SHARDS[0]).success
+        count, cursor = requested(instance, cursor)
+        assert count == 1, "a new family: rebuild"

@@ -118,3 +118,39 @@ def test_missing_shard_is_masked_in_the_dataset_not_zero(tmp_path, instance):
         assert list(f["/verification/present"][...]) == [1] * 4 + [0] * 4 + [1] * 4
         assert np.isnan(f["/features/base/series"][4:8]).all()
         assert not np.isnan(f["/features/base/series"][0:4]).all()
+
+
+def test_materializations_show_captioned_figures_numeric_scalars_and_a_fingerprint(tmp_path, instance):
+    defs = tiny_definitions(tiny_spec(), tmp_path)
+    result = materialize(defs, GENERATION, instance, SHARDS[1])
+    events = {
+        e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()
+    }
+    initial_fields = events["initial_conditions"]["initial_fields"].value
+    assert initial_fields.startswith("![Initial condition") and "operators 4–7" in initial_fields
+    energy = events["base_features"]["energy_over_time"].value
+    assert "data:image/png;base64," in energy and "logarithmic y axis" in energy.split("\n\n")[1]
+    base = events["base_features"]
+    # Floats, so the Plots tab charts them across partitions.
+    for key in ("mean_initial_energy", "mean_final_energy", "seconds_per_operator"):
+        assert isinstance(base[key], dg.FloatMetadataValue), key
+    assert isinstance(base["diverged_operators"], dg.IntMetadataValue)
+    for asset in ("operator_parameters", "initial_conditions"):
+        assert events[asset]["fingerprint"].value["numpy"] == np.__version__, asset
+
+
+def test_a_missing_upstream_shard_fails_saying_what_to_run_first(tmp_path, instance):
+    defs = tiny_definitions(tiny_spec(), tmp_path)
+    result = materialize(defs, ["base_features"], instance, SHARDS[2], raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    data = failure.step_failure_data
+    assert data.user_failure_data is not None, "a dg.Failure, not a wrapped stack trace"
+    asset = data.user_failure_data.metadata["input_asset"].value  # whichever input loads first
+    assert asset in ("operator_parameters", "initial_conditions")
+    assert data.user_failure_data.description == (
+        f"base_features cannot read its input: {asset} has not been materialized for partition "
+        f"{SHARDS[2]}. Run generate_shards for partition {SHARDS[2]} first (or materialize {asset} for "
+        f"{SHARDS[2]} from its asset page), then re-run this partition."
+    )
+    assert data.user_failure_data.metadata["run_first"].value == "generate_shards"

@@ -11,7 +11,8 @@ import pytest
 from dagster._core.event_api import PartitionKeyFilter
 
 from spinlock_assets.core.rotation import rotation_period, rotation_sample
-from spinlock_assets.defs.verification.checks import NONFINITE_CHECK, REPLAY_CHECK, recorded_sha256
+from spinlock_assets.defs.shard_assets import recorded_sha256
+from spinlock_assets.defs.verification.checks import NONFINITE_CHECK, REPLAY_CHECK
 from spinlock_assets.defs.verification.verify_now import (
     VERIFY_OP,
     VerifyConfig,
@@ -101,7 +102,9 @@ def test_verify_now_replays_exactly_the_named_operators(generated):
     assert replay.metadata["verified_operators"].value == "10, 11" and replay.metadata["exact"].value == 2
 
 
-def test_a_mismatched_replay_fails_the_run_with_the_operator_named(generated):
+def test_a_forged_digest_fails_the_run_as_tampering_with_the_operator_named(generated):
+    """A digest overwritten while the series still matches the replay bit for bit: no real change of
+    numerics does that, so the check reports tampering (an error), not a mismatch."""
     defs, instance, root = generated
     with h5py.File(root / "base_features" / f"{SHARDS[0]}.h5", "r+") as f:
         f["digests"][1, 0] = b"f" * 64
@@ -109,8 +112,9 @@ def test_a_mismatched_replay_fails_the_run_with_the_operator_named(generated):
     assert not result.success
     evaluation = _evaluations(result)[("base_features", REPLAY_CHECK, SHARDS[0])]
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
-    assert evaluation.metadata["mismatched"].value == 1
-    assert evaluation.metadata["mismatched_operators"].value == "1"
+    assert evaluation.metadata["tampered"].value == 1 and evaluation.metadata["mismatched"].value == 0
+    assert evaluation.metadata["tampered_operators"].value == "1"
+    assert _summary(result)["tampered"] == 1
 
 
 def test_integrity_detects_a_shard_changed_after_materialization(generated):
@@ -180,12 +184,15 @@ def test_a_tick_over_thousands_of_materialized_shards_launches_one_run_at_consta
     defs = tiny_definitions(spec, tmp_path)
     keys = defs.resolve_job_def("generate_shards").partitions_def.get_partition_keys()
     schedule = defs.resolve_schedule_def("verify_replay_sample")
+    store = defs.resources["dataset"].store
     with dg.instance_for_test() as instance:
         seconds, recorded_so_far = {}, 0
         for n_materialized in (100, len(keys)):
             for key in keys[recorded_so_far:n_materialized]:
+                path = dg.MetadataValue.path(str(store.path("base_features", key)))
+                metadata = {"sha256": "0" * 64, "path": path}
                 instance.report_runless_asset_event(
-                    dg.AssetMaterialization("base_features", partition=key, metadata={"sha256": "0" * 64})
+                    dg.AssetMaterialization("base_features", partition=key, metadata=metadata)
                 )
             context = dg.build_schedule_context(
                 instance=instance, scheduled_execution_time=TICK, repository_def=defs.get_repository_def()
@@ -199,6 +206,6 @@ def test_a_tick_over_thousands_of_materialized_shards_launches_one_run_at_consta
         # the run's queries touch the budget's shards only
         plan = plan_verification(VerifyConfig(), spec, 3, rotation=current_rotation(TICK.timestamp()))
         started = time.perf_counter()
-        recorded = recorded_sha256(instance, "base_features", plan.file_shards)
+        recorded = recorded_sha256(instance, store, "base_features", plan.file_shards)
         assert time.perf_counter() - started < 1.0 and sorted(recorded) == plan.file_shards
     assert max(seconds.values()) < 1.0, seconds

@@ -8,8 +8,10 @@ has loaded, and yields a :class:`DagsterDev`. On exit it sends SIGTERM to ``dags
 its process group, waits for every process of the group to end (SIGKILL after ``STOP_TIMEOUT_S``)
 and raises :class:`DagsterDevError` if any had to be killed (see :meth:`DagsterDev.stop`).
 
-Everything listens on and talks to 127.0.0.1 only; HTTP goes through ``urllib`` with proxies
-disabled, so no dependency beyond the standard library is needed.
+Everything listens on and talks to 127.0.0.1 only. Runs are launched with ``dagster-graphql``'s
+``DagsterGraphQLClient``; what it cannot do (launch an asset backfill, ask whether the code location has
+loaded, ad hoc queries) goes through :meth:`DagsterDev.graphql` on the same ``gql`` transport; runs,
+backfills and materializations are read from the server's own ``DagsterInstance`` (its ``DAGSTER_HOME``).
 
 Use it as a module-scoped fixture::
 
@@ -22,6 +24,7 @@ Use it as a module-scoped fixture::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -35,6 +38,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import dagster as dg
+from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from gql import Client, gql
+from gql.transport.exceptions import TransportError
+from gql.transport.requests import RequestsHTTPTransport
 
 __all__ = [
     "ASSET_JOB",
@@ -69,18 +78,6 @@ _RESTORE_SIGINT_AND_EXEC = (
     "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
 )
 
-# One GraphQL fragment set, reused: failures come back as an ``Error`` (every error type implements it).
-_METADATA_FIELDS = """
-  __typename label
-  ... on PathMetadataEntry { path }
-  ... on TextMetadataEntry { text }
-  ... on JsonMetadataEntry { jsonString }
-  ... on IntMetadataEntry { intRepr }
-  ... on FloatMetadataEntry { floatValue }
-  ... on BoolMetadataEntry { boolValue }
-  ... on UrlMetadataEntry { url }
-  ... on MarkdownMetadataEntry { mdStr }
-"""
 _WORKSPACE = """
 query {
   workspaceOrError {
@@ -109,70 +106,6 @@ mutation($params: LaunchBackfillParams!) {
   }
 }
 """
-_BACKFILL = """
-query($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill {
-      id status numPartitions
-      error { message stack }
-      runs(limit: 100) { runId status tags { key value } }
-    }
-    ... on Error { message }
-  }
-}
-"""
-_LAUNCH_RUN = """
-mutation($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId status } }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on Error { message }
-    ... on PythonError { stack }
-  }
-}
-"""
-_RUN = """
-query($id: ID!) {
-  runOrError(runId: $id) {
-    __typename
-    ... on Run { runId status jobName tags { key value } }
-    ... on Error { message }
-  }
-}
-"""
-_RUN_FAILURES = """
-query($id: ID!) {
-  runOrError(runId: $id) {
-    __typename
-    ... on Run {
-      eventConnection(limit: 1000) {
-        events {
-          __typename
-          ... on MessageEvent { message stepKey }
-          ... on ErrorEvent { error { message stack } }
-        }
-      }
-    }
-    ... on Error { message }
-  }
-}
-"""
-_MATERIALIZATIONS = """
-query($key: AssetKeyInput!, $limit: Int, $partitions: [String!]) {
-  assetOrError(assetKey: $key) {
-    __typename
-    ... on Asset {
-      assetMaterializations(limit: $limit, partitions: $partitions) {
-        partition runId timestamp stepKey
-        metadataEntries { METADATA_FIELDS }
-      }
-    }
-    ... on Error { message }
-  }
-}
-""".replace("METADATA_FIELDS", _METADATA_FIELDS)
 
 
 class DagsterDevError(RuntimeError):
@@ -231,27 +164,6 @@ def _asset_path(key: str | Sequence[str]) -> list[str]:
     return key.split("/") if isinstance(key, str) else list(key)
 
 
-def _metadata_value(entry: Mapping[str, Any]) -> Any:
-    kind = entry["__typename"]
-    if kind == "PathMetadataEntry":
-        return entry["path"]
-    if kind == "TextMetadataEntry":
-        return entry["text"]
-    if kind == "JsonMetadataEntry":
-        return json.loads(entry["jsonString"])
-    if kind == "IntMetadataEntry":
-        return int(entry["intRepr"])
-    if kind == "FloatMetadataEntry":
-        return entry["floatValue"]
-    if kind == "BoolMetadataEntry":
-        return entry["boolValue"]
-    if kind == "UrlMetadataEntry":
-        return entry["url"]
-    if kind == "MarkdownMetadataEntry":
-        return entry["mdStr"]
-    return dict(entry)  # other kinds: the raw GraphQL entry
-
-
 def _expect(result: Mapping[str, Any], typename: str, action: str) -> Mapping[str, Any]:
     if result["__typename"] != typename:
         raise DagsterDevError(f"{action}: {result['__typename']}: {json.dumps(result, indent=1)[:4000]}")
@@ -260,7 +172,7 @@ def _expect(result: Mapping[str, Any], typename: str, action: str) -> Mapping[st
 
 @dataclass
 class DagsterDev:
-    """A running ``dagster dev`` (use :func:`dagster_dev`) and a small GraphQL client for it."""
+    """A running ``dagster dev`` (use :func:`dagster_dev`): a GraphQL client for it and its instance."""
 
     directory: Path
     port: int
@@ -275,6 +187,7 @@ class DagsterDev:
     _opener: urllib.request.OpenerDirector = field(
         default_factory=lambda: urllib.request.build_opener(urllib.request.ProxyHandler({})), repr=False
     )
+    _instance: dg.DagsterInstance | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -428,6 +341,8 @@ class DagsterDev:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=5)
         self._log_file.close()
+        if self._instance is not None:
+            self._instance.dispose()
         if leftovers:
             listing = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in leftovers)
             raise DagsterDevError(
@@ -443,23 +358,32 @@ class DagsterDev:
             return f"(no dagster dev log: {error})"
         return f"--- last {lines} lines of {self.log_path} ---\n" + "\n".join(text.splitlines()[-lines:])
 
-    # -- GraphQL ----------------------------------------------------------------------------------
+    # -- GraphQL and the instance ------------------------------------------------------------------
 
-    def graphql(self, query: str, variables: Mapping[str, Any] | None = None, *, timeout: float = 60) -> dict:
-        """POST ``query`` to ``/graphql``; the ``data`` of the answer, ``DagsterDevError`` on any error."""
-        body = json.dumps({"query": query, "variables": dict(variables or {})}).encode()
-        request = urllib.request.Request(
-            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}, method="POST"
-        )
+    @functools.cached_property
+    def _transport(self) -> RequestsHTTPTransport:
+        return RequestsHTTPTransport(url=f"{self.url}/graphql", use_json=True, timeout=60)
+
+    @functools.cached_property
+    def client(self) -> DagsterGraphQLClient:
+        """``dagster-graphql``'s client for this server (launches runs, reloads the code location)."""
+        return DagsterGraphQLClient(HOST, port_number=self.port, transport=self._transport)
+
+    @property
+    def instance(self) -> dg.DagsterInstance:
+        """The server's instance (its ``DAGSTER_HOME``), for reading runs, backfills and materializations."""
+        if self._instance is None:
+            self._instance = dg.DagsterInstance.from_config(str(self.dagster_home))
+        return self._instance
+
+    def graphql(self, query: str, variables: Mapping[str, Any] | None = None) -> dict:
+        """Execute ``query`` on the server; the ``data`` of the answer, ``DagsterDevError`` on any error."""
+        request = gql(query)
+        request.variable_values = dict(variables or {})
         try:
-            with self._opener.open(request, timeout=timeout) as response:
-                payload = json.load(response)
-        except urllib.error.HTTPError as error:
-            detail = error.read().decode(errors="replace")
-            raise DagsterDevError(f"GraphQL HTTP {error.code}: {detail[:4000]}") from error
-        if payload.get("errors"):
-            raise DagsterDevError(f"GraphQL errors: {json.dumps(payload['errors'], indent=1)[:4000]}")
-        return payload["data"]
+            return Client(transport=self._transport).execute(request)
+        except (TransportError, OSError) as error:
+            raise DagsterDevError(f"GraphQL: {error}") from error
 
     def launch_backfill(
         self,
@@ -470,7 +394,7 @@ class DagsterDev:
         tags: Mapping[str, str] | None = None,
     ) -> str:
         """Launch an asset backfill of ``asset_keys`` over ``partition_names`` (all partitions when
-        ``None``); the backfill id."""
+        ``None``); the backfill id. (The GraphQL client has no backfill call: this is the UI's mutation.)"""
         params: dict[str, Any] = {
             "assetSelection": [{"path": _asset_path(key)} for key in asset_keys],
             "title": title,
@@ -484,32 +408,40 @@ class DagsterDev:
         return _expect(result, "LaunchBackfillSuccess", "launchPartitionBackfill")["backfillId"]
 
     def backfill(self, backfill_id: str) -> dict:
-        """``{id, status, numPartitions, error, runs: [{runId, status, tags}]}`` of a backfill."""
-        result = self.graphql(_BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
-        return dict(_expect(result, "PartitionBackfill", f"backfill {backfill_id}"))
+        """``{id, status, error, runs: [{runId, status, jobName, tags}]}`` of a backfill."""
+        backfill = self.instance.get_backfill(backfill_id)
+        if backfill is None:
+            raise DagsterDevError(f"backfill {backfill_id}: not found")
+        runs = self.instance.get_runs(filters=dg.RunsFilter.for_backfill(backfill_id))
+        return {
+            "id": backfill_id,
+            "status": backfill.status.value,
+            "error": backfill.error.message if backfill.error else None,
+            "runs": [_run_summary(run) for run in runs],
+        }
 
     def wait_backfill(self, backfill_id: str, timeout: float = 300) -> str:
         """Poll the backfill until it finishes; its final status (``COMPLETED_SUCCESS`` when all went
         well). ``TimeoutError`` with :meth:`describe_backfill` after ``timeout``."""
 
-        def finished() -> str | None:
-            status = self.backfill(backfill_id)["status"]
-            return status if status in BACKFILL_DONE else None
-
-        try:
-            return poll(finished, timeout=timeout, what=f"backfill {backfill_id}", interval=1.0)
-        except TimeoutError as error:
-            raise TimeoutError(f"{error}\n{self.describe_backfill(backfill_id)}") from None
+        return _wait_until_done(
+            lambda: self.backfill(backfill_id)["status"],
+            BACKFILL_DONE,
+            what=f"backfill {backfill_id}",
+            describe=lambda: self.describe_backfill(backfill_id),
+            timeout=timeout,
+        )
 
     def describe_backfill(self, backfill_id: str) -> str:
         """Backfill status, each run's status, the errors of failed runs and the dev log tail."""
         backfill = self.backfill(backfill_id)
-        lines = [f"backfill {backfill_id}: {backfill['status']} ({backfill['numPartitions']} partitions)"]
-        if backfill.get("error"):
-            lines.append(f"  error: {backfill['error']['message']}")
+        lines = [f"backfill {backfill_id}: {backfill['status']} ({len(backfill['runs'])} runs)"]
+        if backfill["error"]:
+            lines.append(f"  error: {backfill['error']}")
         for run in backfill["runs"]:
-            tags = {t["key"]: t["value"] for t in run["tags"]}
-            lines.append(f"  run {run['runId']}: {run['status']} partition={tags.get('dagster/partition')}")
+            lines.append(
+                f"  run {run['runId']}: {run['status']} partition={run['tags'].get('dagster/partition')}"
+            )
             if run["status"] == "FAILURE":
                 lines += [f"    {message}" for message in self.run_failures(run["runId"])]
         lines.append(self.log_tail())
@@ -525,48 +457,45 @@ class DagsterDev:
     ) -> str:
         """Launch a run of ``job_name`` (``__ASSET_JOB`` by default), restricted to ``asset_keys`` if
         given (``tags={"dagster/partition": key}`` for one partition); the run id."""
-        selector: dict[str, Any] = {
-            "repositoryLocationName": self.location_name,
-            "repositoryName": REPOSITORY_NAME,
-            "jobName": job_name,
-        }
-        if asset_keys is not None:
-            selector["assetSelection"] = [{"path": _asset_path(key)} for key in asset_keys]
-        params = {
-            "selector": selector,
-            "runConfigData": dict(run_config or {}),
-            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
-        }
-        result = self.graphql(_LAUNCH_RUN, {"params": params})["launchRun"]
-        return _expect(result, "LaunchRunSuccess", f"launchRun {job_name}")["run"]["runId"]
+        try:
+            return self.client.submit_job_execution(
+                job_name,
+                repository_location_name=self.location_name,
+                repository_name=REPOSITORY_NAME,
+                run_config=dict(run_config or {}),
+                tags=dict(tags or {}),
+                asset_selection=[_asset_path(key) for key in asset_keys] if asset_keys is not None else None,
+            )
+        except DagsterGraphQLClientError as error:
+            raise DagsterDevError(f"launch {job_name}: {error}") from error
 
     def run(self, run_id: str) -> dict:
         """``{runId, status, jobName, tags}`` of a run."""
-        result = self.graphql(_RUN, {"id": run_id})["runOrError"]
-        return dict(_expect(result, "Run", f"run {run_id}"))
+        run = self.instance.get_run_by_id(run_id)
+        if run is None:
+            raise DagsterDevError(f"run {run_id}: not found")
+        return _run_summary(run)
 
     def wait_run(self, run_id: str, timeout: float = 300) -> str:
         """Poll the run until it finishes; its final status (``SUCCESS``, ``FAILURE``, ``CANCELED``)."""
 
-        def finished() -> str | None:
-            status = self.run(run_id)["status"]
-            return status if status in RUN_DONE else None
-
-        try:
-            return poll(finished, timeout=timeout, what=f"run {run_id}", interval=1.0)
-        except TimeoutError as error:
-            raise TimeoutError(f"{error}\n{self.describe_run(run_id)}") from None
+        return _wait_until_done(
+            lambda: self.run(run_id)["status"],
+            RUN_DONE,
+            what=f"run {run_id}",
+            describe=lambda: self.describe_run(run_id),
+            timeout=timeout,
+        )
 
     def run_failures(self, run_id: str) -> list[str]:
         """The error messages (with the last stack line) of a run's failure events."""
-        result = self.graphql(_RUN_FAILURES, {"id": run_id})["runOrError"]
         messages = []
-        for event in _expect(result, "Run", f"run {run_id}")["eventConnection"]["events"]:
-            error = event.get("error")
-            if error:
-                stack = "".join(error.get("stack") or []).strip().splitlines()
-                where = f" [{stack[-1].strip()}]" if stack else ""
-                messages.append(f"{event.get('stepKey') or 'run'}: {error['message'].strip()}{where}")
+        for entry in self.instance.all_logs(run_id):
+            error = getattr(entry.dagster_event and entry.dagster_event.event_specific_data, "error", None)
+            if error is not None:
+                where = f" [{error.stack[-1].strip()}]" if error.stack else ""
+                step = entry.dagster_event.step_key or "run"
+                messages.append(f"{step}: {error.message.strip()}{where}")
         return messages
 
     def describe_run(self, run_id: str) -> str:
@@ -582,19 +511,37 @@ class DagsterDev:
     ) -> list[Materialization]:
         """The latest ``limit`` materializations of an asset (newest first), optionally of some
         partitions only, with their metadata as Python values (JSON parsed, paths and text as str)."""
-        variables = {"key": {"path": _asset_path(asset_key)}, "limit": limit, "partitions": partitions}
-        result = self.graphql(_MATERIALIZATIONS, variables)["assetOrError"]
-        events = _expect(result, "Asset", f"asset {asset_key}")["assetMaterializations"]
+        key = dg.AssetKey(_asset_path(asset_key))
+        records = self.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=list(partitions) if partitions else None),
+            limit=limit,
+        ).records
         return [
             Materialization(
-                asset_key="/".join(_asset_path(asset_key)),
-                partition=event["partition"],
-                run_id=event["runId"],
-                timestamp=float(event["timestamp"]) / 1000.0,
-                metadata={entry["label"]: _metadata_value(entry) for entry in event["metadataEntries"]},
+                asset_key=key.to_user_string(),
+                partition=record.partition_key,
+                run_id=record.run_id,
+                timestamp=record.timestamp,
+                metadata={
+                    label: value.value for label, value in record.asset_materialization.metadata.items()
+                },
             )
-            for event in events
+            for record in records
         ]
+
+
+def _wait_until_done(
+    status: Callable[[], str], done: frozenset[str], *, what: str, describe: Callable[[], str], timeout: float
+) -> str:
+    """Poll ``status`` until it is one of ``done``; ``TimeoutError`` with ``describe()`` after ``timeout``."""
+    try:
+        return poll(lambda: value if (value := status()) in done else None, timeout=timeout, what=what)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}\n{describe()}") from None
+
+
+def _run_summary(run: dg.DagsterRun) -> dict:
+    return {"runId": run.run_id, "status": run.status.value, "jobName": run.job_name, "tags": dict(run.tags)}
 
 
 @contextlib.contextmanager

@@ -31,9 +31,6 @@ _STALE = """
 query($keys: [AssetKeyInput!], $partition: String) { assetNodes(assetKeys: $keys) {
   assetKey { path } staleStatus(partition: $partition) staleCauses(partition: $partition) { reason } } }
 """
-_RELOAD = """
-mutation($name: String!) { reloadRepositoryLocation(repositoryLocationName: $name) { __typename } }
-"""
 
 
 def _stale_status(dev, assets):
@@ -62,7 +59,7 @@ def test_bumping_a_family_version_marks_exactly_that_family_stale(tmp_path):
         assert set(_stale_status(dev, assets).values()) == {"FRESH"}
 
         plugin.write_text(PLUGIN.format(version="1.1.0"))
-        dev.graphql(_RELOAD, {"name": dev.location_name})
+        dev.client.reload_repository_location(dev.location_name)
         status = _stale_status(dev, assets)
     assert status.pop("probe_features") == "STALE"
     assert set(status.values()) == {"FRESH"}, status

@@ -29,10 +29,6 @@ REPLAY_KEY = dg.AssetCheckKey(dg.AssetKey("base_features"), REPLAY_CHECK)
 NONFINITE_KEY = dg.AssetCheckKey(dg.AssetKey("base_features"), "nonfinite_only_where_flagged")
 
 
-def integrity_key(asset: str) -> dg.AssetCheckKey:
-    return dg.AssetCheckKey(dg.AssetKey(asset), "shard_file_intact")
-
-
 # -- bytes on disk -------------------------------------------------------------------------------------
 
 
@@ -108,7 +104,7 @@ def rewrite_shard(
 
 
 def error_text(result) -> str:
-    """Every error message (with causes) of a run's failure events, as one string."""
+    """Every error message (with causes and a Failure's metadata) of a run's failure events, as one string."""
     texts = []
 
     def collect(info) -> None:
@@ -119,6 +115,9 @@ def error_text(result) -> str:
 
     for event in result.all_events:
         collect(getattr(event.event_specific_data, "error", None))
+        failure = getattr(event.event_specific_data, "user_failure_data", None)
+        if failure is not None:  # a dg.Failure keeps the storage error it wraps in its metadata
+            texts.extend(f"{key}: {value.value}" for key, value in failure.metadata.items())
     return "\n".join(texts)
 
 
@@ -129,8 +128,9 @@ def run_checks(defs: dg.Definitions, instance, partition_key: str) -> dict:
     kept from when they were written (verify_now checks only what was materialized)."""
     store = ShardStore(defs.resources["dataset"].data_root)
     for asset in ("operator_parameters", "initial_conditions", "base_features"):
-        recorded = read_manifest(store.path(asset, partition_key))
-        metadata = {"sha256": recorded.sha256} if recorded else {}
+        path = store.path(asset, partition_key)
+        recorded = read_manifest(path)
+        metadata = {"sha256": recorded.sha256, "path": dg.MetadataValue.path(str(path))} if recorded else {}
         instance.report_runless_asset_event(
             dg.AssetMaterialization(asset, partition=partition_key, metadata=metadata)
         )

@@ -1,7 +1,9 @@
 """Replay under another execution fingerprint is classified, never passed or failed blindly: a digest
 difference under the SAME fingerprint is a ``mismatch`` (an error); under ANOTHER fingerprint it is
 ``within_tolerance`` when the base series agree to RTOL/ATOL and ``diverged`` otherwise (a warning);
-identical digests are ``exact``. Proven on ``core.verification`` and through the replay asset check."""
+identical digests are ``exact``. Combinations no real change of numerics produces (digests that differ
+over an identical series, a series that differs under identical digests) are ``tampered``. Proven on
+``core.verification`` and through the replay asset check."""
 
 from __future__ import annotations
 
@@ -60,10 +62,12 @@ def stored_and_replayed(generated_root):
 CASES = {
     "identical": (False, None, True, "exact"),
     "identical-other-fingerprint": (False, None, False, "exact"),
-    "digest-differs-same-fingerprint": (True, None, True, "mismatch"),
+    # Digests that differ while the series is identical bit for bit: a forged digest, whatever the numerics.
+    "digest-differs-same-fingerprint": (True, None, True, "tampered"),
     "digest-differs-same-fingerprint-series-near": (True, near, True, "mismatch"),
     "other-fingerprint-series-near": (True, near, False, "within_tolerance"),
-    "other-fingerprint-series-equal": (True, None, False, "within_tolerance"),
+    "other-fingerprint-series-equal": (True, None, False, "tampered"),
+    "series-edited-digests-equal": (False, near, True, "tampered"),
     "other-fingerprint-series-far": (True, far, False, "diverged"),
     "other-fingerprint-nan-pattern-differs": (True, nan_moved, False, "diverged"),
 }
@@ -82,11 +86,17 @@ def test_classify_separates_reproducibility_bugs_from_platform_differences(store
     assert verification.status == expected
     assert verification.ok == (expected in ("exact", "within_tolerance"))
     assert verification.mismatched_realizations == ((0,) if digest_differs else ())
+    assert verification.same_fingerprint == same
 
 
 @pytest.mark.parametrize(
     "case",
-    ["digest-differs-same-fingerprint", "other-fingerprint-series-near", "other-fingerprint-series-far"],
+    [
+        "digest-differs-same-fingerprint",
+        "digest-differs-same-fingerprint-series-near",
+        "other-fingerprint-series-near",
+        "other-fingerprint-series-far",
+    ],
 )
 def test_verify_reads_the_fingerprint_the_operator_was_generated_under(stored_and_replayed, case):
     record, _ = stored_and_replayed

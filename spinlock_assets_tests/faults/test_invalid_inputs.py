@@ -3,20 +3,23 @@ spec files, parameter points, feature family names and partition (shard) keys.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
 
-from spinlock_assets.core.features.registry import FAMILIES, get_family
+from spinlock_assets.core.budget import check_disk
+from spinlock_assets.core.features.family import ArraySpec, FeatureFamily
+from spinlock_assets.core.features.registry import FAMILIES, get_family, register_family
 from spinlock_assets.core.generation import operator_parameters
 from spinlock_assets.core.parameters import PARAMETER_NAMES, map_parameters
 from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.core.spec import SpecError, load_spec
-from spinlock_assets.definitions import _spec_from_environment
-from spinlock_assets.defs.partitions import operator_range
+from spinlock_assets.definitions import _spec_from_environment, build_definitions
 from spinlock_assets.storage import ShardStore
 from spinlock_assets_tests.conftest import tiny_spec
 from spinlock_assets_tests.defs.helpers import GENERATION, materialize, tiny_definitions
@@ -39,6 +42,24 @@ BAD_SPECS = {
     ),
     "unknown-activation": ("parameter_space.activations", {"parameter_space": {"activations": ["swish"]}}),
     "misspelled-key": ("spec", {"stpes": 6}),
+    # Issue #17: what JSON admits and a spec never does.
+    "infinite-bound": (
+        "parameter_space.weight_gain",
+        {"parameter_space": {"weight_gain": [0.5, float("inf")]}},
+    ),
+    "nan-bound": ("parameter_space.noise_sigma", {"parameter_space": {"noise_sigma": [float("nan"), 0.1]}}),
+    "string-bounds": ("parameter_space.dt", {"parameter_space": {"dt": ["0.01", "0.5"]}}),
+    "boolean-seed": ("root_seed", {"root_seed": True}),
+    "boolean-kernel": ("parameter_space.kernel_sizes", {"parameter_space": {"kernel_sizes": [True]}}),
+    "boolean-steps": ("steps", {"steps": True}),
+    "float-steps": ("steps", {"steps": 1e9}),
+    "numeric-name": ("name", {"name": 5}),
+    "null-parameter-space": ("parameter_space", {"parameter_space": None}),
+    "scalar-widths": ("parameter_space.widths", {"parameter_space": {"widths": 5}}),
+    "null-widths": ("parameter_space.widths", {"parameter_space": {"widths": None}}),
+    "null-grid": ("grid", {"grid": None}),
+    "string-grid": ("grid", {"grid": "16x16"}),
+    "numeric-activation": ("parameter_space.activations", {"parameter_space": {"activations": [1]}}),
 }
 
 
@@ -61,6 +82,69 @@ def test_invalid_spec_file_is_refused_naming_the_field(tmp_path, monkeypatch, ca
     monkeypatch.setenv("SPINLOCK_SPEC", path)  # the composition root refuses it the same way
     with pytest.raises(SpecError, match=re.escape(field)):
         _spec_from_environment()
+
+
+# (fields named, change): valid specs that cannot run on any machine this project targets
+TOO_LARGE = {
+    "huge-grid": ("grid", {"grid": [100000, 100000]}),
+    "huge-steps": ("steps", {"steps": 1_000_000_000}),
+    "huge-widths": (
+        "parameter_space.widths",
+        {"parameter_space": {"widths": [1_000_000]}, "grid": [4096, 4096]},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TOO_LARGE)
+def test_a_spec_too_large_for_this_machine_is_refused_with_the_numbers(tmp_path, case):
+    field, change = TOO_LARGE[case]
+    spec = load_spec(_bad_spec_file(tmp_path, change))  # valid, just too large
+    with pytest.raises(SpecError, match=r"GiB") as raised:
+        build_definitions(spec, tmp_path / "data")
+    assert field in raised.value.field_name and "fit in memory" in str(raised.value)
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_shard_larger_than_the_free_disk_is_refused(tmp_path):
+    with pytest.raises(SpecError, match=r"one shard to fit on disk.*GiB free"):
+        check_disk(tiny_spec(), tmp_path, free=1000)
+
+
+def _family(**changes) -> FeatureFamily:
+    return dataclasses.replace(get_family("spectral"), **changes)
+
+
+@pytest.mark.parametrize(
+    "family, message",
+    [
+        (_family(name="evil/name"), "name must be an identifier"),
+        (_family(name="plugin", arrays=(ArraySpec("../../parameters/params", ("time",), ()),)), "array name"),
+        (_family(name="plugin", arrays=(ArraySpec("present", ("time",), ()),)), "array name"),
+        (_family(name="plugin", version=""), "version must be a non-empty string"),
+        (_family(name="plugin", arrays=(ArraySpec("a", ("planet",), ()),)), "neither known nor labelled"),
+    ],
+)
+def test_a_malformed_plugin_family_is_refused_at_registration(family, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        register_family(family)
+    assert family.name not in FAMILIES
+
+
+@pytest.mark.slow
+def test_the_main_job_refuses_a_bad_spec_in_one_line(tmp_path):
+    spec = _bad_spec_file(tmp_path, {"parameter_space": {"weight_gain": [0.5, float("inf")]}})
+    env = child_env(Path(spec), tmp_path / "data")
+    log = tmp_path / "main.log"
+    child = start_child(
+        ["-m", "spinlock_assets.defs.main_job", "--dagster-home", str(tmp_path / "home")], env, log
+    )
+    assert child.wait(timeout=300) == 2
+    lines = [line for line in log.read_text().splitlines() if "Warning" not in line and line.strip()]
+    lines = [line for line in lines if not line.startswith("  ")]  # warnings' source lines
+    assert lines == [
+        "main job: error: invalid dataset spec: parameter_space.weight_gain must be two finite numbers "
+        "(low, high); got (0.5, inf)"
+    ]
 
 
 def test_unreadable_spec_file_is_refused_naming_the_file(tmp_path):
@@ -119,7 +203,7 @@ def test_unknown_feature_family_is_refused_listing_the_known_ones():
     ],
 )
 def test_invalid_partition_key_is_refused_showing_the_expected_form(tmp_path, key, expected):
-    for use in (parse_shard_key, operator_range, lambda k: ShardStore(tmp_path).path("base_features", k)):
+    for use in (parse_shard_key, lambda k: ShardStore(tmp_path).path("base_features", k)):
         with pytest.raises(ValueError, match=expected):
             use(key)
     assert list(tmp_path.iterdir()) == []

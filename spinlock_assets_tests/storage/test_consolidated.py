@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,20 +17,23 @@ import h5py
 import numpy as np
 import pytest
 
+from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.storage import (
     FIXED_SOURCES,
     ConsolidatedSource,
     InconsistentShardsError,
     OutputExistsError,
+    ShardChangedError,
     ShardCorruptError,
     ShardStore,
     SpecMismatchError,
     build_consolidated_dataset,
     family_source,
-    parse_shard_key,
+    file_sha256,
     update_consolidated_dataset,
     validate_dataset_file,
 )
+from spinlock_assets.storage.integrity import check_shard_files, shard_rows
 from spinlock_assets.storage.testing import write_tiny_dataset
 from spinlock_assets_tests.storage.helpers import shard_arrays, shard_attrs
 
@@ -44,6 +48,8 @@ def _root_attrs(dataset: Path) -> dict[str, object]:
 def _rebuild(
     root: Path, sources: Sequence[ConsolidatedSource] = FIXED_SOURCES, *, overwrite: bool = True
 ) -> Path:
+    """Rebuild dataset.h5 over the shard files as they are now: the tests here change shards on purpose,
+    so every present file is vouched for as if it had just been materialized."""
     dataset = root / "dataset.h5"
     return build_consolidated_dataset(
         ShardStore(root),
@@ -53,14 +59,20 @@ def _rebuild(
         sources=sources,
         root_attrs=_root_attrs(dataset),
         overwrite=overwrite,
+        recorded_sha256=_vouching(_vouched(root, KEYS, sources)),
     )
+
+
+def _vouching(vouched: dict[tuple[str, str], str]):
+    """``recorded_sha256`` for the consolidation functions: these records, as an instance would give them."""
+    return lambda asset, keys: {key: vouched[asset, key] for key in keys if (asset, key) in vouched}
 
 
 def _write_toy_family(root: Path, versions: dict[str, str]) -> None:
     """Shards of asset ``toy_features`` (arrays series, summary...) for the tiny dataset's spec."""
     spec = {key: str(value) for key, value in _root_attrs(root / "dataset.h5").items()}
     for key, version in versions.items():
-        start, stop = parse_shard_key(key)
+        start, stop = parse_shard_key(key).bounds
         attrs = shard_attrs(start, stop, asset="toy_features", **spec)
         ShardStore(root).write("toy_features", key, shard_arrays(4, version=version), attrs)
 
@@ -267,15 +279,38 @@ def _content(path: Path) -> dict[str, object]:
     return found
 
 
-def _update(root: Path, n_operators: int, keys: Sequence[str]):
+def _vouched(root: Path, keys: Sequence[str], sources: Sequence[ConsolidatedSource]) -> dict:
+    """Every present shard file's sha256, as if each had just been materialized."""
+    store = ShardStore(root)
+    return {
+        (source.asset, key): store.sha256(source.asset, key)
+        for source in sources
+        for key in keys
+        if store.exists(source.asset, key)
+    }
+
+
+def _update(
+    root: Path,
+    n_operators: int,
+    keys: Sequence[str],
+    sources: Sequence[ConsolidatedSource] = FIXED_SOURCES,
+    *,
+    vouched: dict | None = None,
+    previous_sha256: str | None = None,
+):
+    """Update dataset.h5 over the shard files as they are now; by default the previous dataset.h5 is the one
+    recorded (its sha256 as it is) and every present file is vouched for."""
     dataset = root / "dataset.h5"
     return update_consolidated_dataset(
         ShardStore(root),
         dataset,
         n_operators=n_operators,
         shard_keys=keys,
-        sources=FIXED_SOURCES,
+        sources=sources,
         root_attrs=_root_attrs(dataset),
+        previous_sha256=previous_sha256 or file_sha256(dataset),
+        recorded_sha256=_vouching(_vouched(root, keys, sources) if vouched is None else vouched),
     )
 
 
@@ -292,7 +327,7 @@ def test_an_update_reads_only_the_changed_shards_and_equals_a_full_rebuild(tmp_p
     store.write("base_features", keys[1], arrays, rewritten.attrs, overwrite=True)
     source = store.read("base_features", keys[0])  # stand-in content for the shard materialized late
     late = {name: dataclasses.replace(array, data=array.data.copy()) for name, array in source.arrays.items()}
-    start, stop = parse_shard_key(keys[4])
+    start, stop = parse_shard_key(keys[4]).bounds
     store.write(
         "base_features",
         keys[4],
@@ -325,11 +360,37 @@ def test_an_update_refuses_a_replaced_shard_that_disagrees_with_the_kept_ones(tm
     (tmp_path / "toy_features" / f"{KEYS[1]}.h5").unlink()
     _write_toy_family(tmp_path, {KEYS[1]: "2"})
     with pytest.raises(InconsistentShardsError, match="@version"):
-        update_consolidated_dataset(
-            ShardStore(tmp_path),
-            tmp_path / "dataset.h5",
-            n_operators=8,
-            shard_keys=KEYS,
-            sources=toy,
-            root_attrs=_root_attrs(tmp_path / "dataset.h5"),
-        )
+        _update(tmp_path, 8, KEYS, toy)
+
+
+def test_an_update_keeps_rows_only_of_the_dataset_h5_it_was_told_about(tmp_path: Path) -> None:
+    write_tiny_dataset(tmp_path)
+    assert _update(tmp_path, 8, KEYS).shards_read == 0
+    with h5py.File(tmp_path / "dataset.h5", "r+") as handle:  # an edited table is not the recorded file
+        handle["/metadata"].attrs["note"] = "edited"
+    assert _update(tmp_path, 8, KEYS, previous_sha256="0" * 64).shards_read == 6  # read afresh, all of them
+
+
+def test_an_update_never_records_a_changed_shard(tmp_path: Path) -> None:
+    write_tiny_dataset(tmp_path)
+    path = tmp_path / "base_features" / f"{KEYS[1]}.h5"
+    recorded = file_sha256(path)
+    with h5py.File(path, "r+") as handle:
+        handle["summary"][0] += 1.0
+    with pytest.raises(ShardChangedError, match="previous dataset.h5 recorded"):
+        _update(tmp_path, 8, KEYS, vouched={})  # changed in place, no materialization vouches for it
+    with pytest.raises(ShardChangedError, match="when it was materialized"):
+        _update(tmp_path, 8, KEYS, vouched={("base_features", KEYS[1]): recorded})
+    # Changed behind its recorded size and mtime, the row is kept with the sha256 checked when it was
+    # read: the file now fails every hash check against dataset.h5, it is never recorded anew.
+    write_tiny_dataset(tmp_path / "again")
+    path = tmp_path / "again" / "base_features" / f"{KEYS[1]}.h5"
+    stat = path.stat()
+    with h5py.File(path, "r+") as handle:
+        handle["summary"][0] += 1.0
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    assert _update(tmp_path / "again", 8, KEYS).shards_read == 0
+    with h5py.File(tmp_path / "again" / "dataset.h5", "r") as handle:
+        problems = check_shard_files(tmp_path / "again", shard_rows(handle))
+    assert [problem.path for problem in problems] == [str(path)] and "sha256" in problems[0].message

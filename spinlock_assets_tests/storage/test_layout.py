@@ -8,12 +8,11 @@ from pathlib import Path
 import h5py
 import pytest
 
+from spinlock_assets.core.shards import ShardRange, parse_shard_key
 from spinlock_assets.storage import (
     FIXED_SOURCES,
     Problem,
     family_source,
-    format_shard_key,
-    parse_shard_key,
     validate_dataset_file,
     validate_shard_file,
     write_shard_file,
@@ -120,9 +119,9 @@ def test_shard_validator_names_the_array_and_the_file_name(tmp_path: Path) -> No
 
 def test_shard_keys_are_zero_padded_inclusive_ranges() -> None:
     # [32, 64) -> ops-000032-000063; lexical order equals numeric order up to 10^6 operators.
-    assert format_shard_key(32, 64) == "ops-000032-000063"
-    assert parse_shard_key("ops-000032-000063") == (32, 64)
-    assert sorted(format_shard_key(s, s + 8) for s in (800, 96, 8)) == [
+    assert ShardRange(32, 64).key == "ops-000032-000063"
+    assert parse_shard_key("ops-000032-000063").bounds == (32, 64)
+    assert sorted(ShardRange(s, s + 8).key for s in (800, 96, 8)) == [
         "ops-000008-000015",
         "ops-000096-000103",
         "ops-000800-000807",

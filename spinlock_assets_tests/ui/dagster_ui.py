@@ -21,9 +21,11 @@ from spinlock_assets_tests.e2e.dagster_dev import REPO_ROOT, DagsterDev
 
 __all__ = [
     "ARTIFACTS",
+    "DOC_IMAGES",
     "LaunchedTarget",
     "asset_link",
     "confirm_if_asked",
+    "doc_screenshot",
     "eventually",
     "launch_from_dialog",
     "materialize_button",
@@ -33,13 +35,18 @@ __all__ = [
     "open_asset",
     "run_ids_in_url",
     "save_screenshot",
+    "settled",
+    "show_markdown",
+    "tick_in_catalog",
     "wait_for_backfill",
     "wait_for_launched",
     "wait_for_run",
 ]
 
 ARTIFACTS = REPO_ROOT / "artifacts" / "ui"
+DOC_IMAGES = REPO_ROOT / "docs" / "images"  # the screenshots the README shows, refreshed by the tests
 RUN_TIMEOUT_S = 300
+LAUNCH_TIMEOUT_MS = 60_000
 BACKFILL_TIMEOUT_S = 420
 
 # The tags the run page and the backfill page show for a finished run or backfill.
@@ -53,6 +60,14 @@ def save_screenshot(page: Page, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def doc_screenshot(page: Page, name: str) -> Path:
+    """What the browser window shows (1400x900, not the full page) at ``docs/images/<name>.png``."""
+    path = DOC_IMAGES / f"{name}.png"
+    settled(page)
+    page.screenshot(path=str(path))
     return path
 
 
@@ -76,10 +91,20 @@ def open_asset(page: Page, asset: str) -> None:
     expect(materialize_button(page)).to_be_visible()
 
 
+def tick_in_catalog(page: Page, assets: list[str]) -> None:
+    """Catalog (left navigation, a page titled "Assets") → tick each asset's row; the checkbox input is
+    hidden behind its styled box (its parent label), which takes the click."""
+    nav_link(page, "Catalog").click()
+    for asset in assets:
+        page.get_by_test_id(f"checkbox-{asset}").locator("xpath=..").click()
+        expect(page.get_by_test_id(f"checkbox-{asset}")).to_be_checked()
+
+
 def materialize_button(page: Page) -> Locator:
     """The page's Materialize button: "Materialize…" (partitioned: opens the launch dialog),
-    "Materialize" (unpartitioned: launches at once) or "Materialize all…" (asset graph)."""
-    return page.get_by_role("button", name=re.compile(r"Materialize( all)?…?$"))
+    "Materialize" (unpartitioned: launches at once), "Materialize all…" (asset graph) or
+    "Materialize selected (n)…" (Catalog, with n assets ticked)."""
+    return page.get_by_role("button", name=re.compile(r"Materialize( all| selected \(\d+\))?…?$"))
 
 
 def confirm_if_asked(page: Page) -> bool:
@@ -94,17 +119,25 @@ def confirm_if_asked(page: Page) -> bool:
     return True
 
 
-def launch_from_dialog(page: Page, selection: str, expected_partitions: list[str]) -> None:
+def launch_from_dialog(
+    page: Page, selection: str, expected_partitions: list[str], screenshot: str | None = None
+) -> None:
     """In the open launch dialog, pick the partition ``selection`` ("All", "Missing", ...), check the
-    dialog lists exactly ``expected_partitions`` and launch ("Launch backfill" or "Launch 1 run")."""
+    dialog lists exactly ``expected_partitions`` and launch ("Launch backfill" or "Launch 1 run"), after
+    a ``doc_screenshot`` named ``screenshot`` if given."""
     dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
+    # Dagster 1.13 opens the dialog on "Custom" with nothing selected: launching at once would do nothing.
+    expect(dialog.get_by_role("button", name="Custom", exact=True)).to_be_visible()
+    expect(dialog).to_contain_text("0 partitions")
     dialog.get_by_role("button", name=selection, exact=True).click()
     count = len(expected_partitions)
     expect(dialog).to_contain_text(f"{count} partition{'s' if count != 1 else ''}")
     for key in expected_partitions:  # the chips show a shortened label and the full key
         expect(dialog.get_by_text(key, exact=True)).to_be_attached()
+    if screenshot:
+        doc_screenshot(page, screenshot)
     dialog.get_by_role("button", name=re.compile(r"^Launch (backfill|\d+ runs?)$")).click()
-    expect(dialog).to_be_hidden()
+    expect(dialog).to_be_hidden(timeout=LAUNCH_TIMEOUT_MS)  # "Launching…" takes seconds on two busy cores
 
 
 class LaunchedTarget:
@@ -191,6 +224,26 @@ def metadata_row(scope: Page | Locator, label: str) -> Locator:
 def metadata_value(scope: Page | Locator, label: str, value: str) -> Locator:
     """The cell showing exactly ``value`` in the metadata row ``label`` (assert it is visible)."""
     return metadata_row(scope, label).get_by_role("cell", name=value, exact=True)
+
+
+def show_markdown(scope: Page | Locator, label: str) -> Locator:
+    """Open a markdown metadata entry ("[Show Markdown]" in the row ``label``); its dialog."""
+    page = scope if isinstance(scope, Page) else scope.page
+    metadata_row(scope, label).get_by_text("[Show Markdown]").click()
+    dialog = page.get_by_role("dialog").filter(has_text=label)
+    expect(dialog.locator("img")).to_be_visible()  # the figure (icons are divs with role img)
+    settled(page)
+    return dialog
+
+
+def settled(page: Page) -> None:
+    """Wait for the page's finite CSS animations (a dialog fading in; not endless spinners) to finish, so
+    that a screenshot shows what a person sees once it has opened."""
+    page.evaluate(
+        """() => Promise.all(document.getAnimations()
+            .filter(animation => animation.effect?.getComputedTiming().endTime !== Infinity)
+            .map(animation => animation.finished.catch(() => null)))"""
+    )
 
 
 def run_ids_in_url(url: str) -> list[str]:

@@ -1,5 +1,6 @@
 """Workflow: the spec grows by a shard; the code location is reloaded and the missing shard backfilled
-from the UI, leaving every existing shard file byte for byte as it was."""
+from the Catalog (the generation assets ticked together), leaving every existing shard file byte for
+byte as it was (README, "Workflows in the UI")."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .dagster_ui import (
     nav_link,
     open_asset,
     save_screenshot,
+    tick_in_catalog,
     wait_for_launched,
 )
 from .server_setup import (
@@ -71,18 +73,14 @@ def test_backfill_new_shard_after_growing_the_spec_from_the_ui(live_dev: Dagster
     )
     expect(page.get_by_text(new_shards[0], exact=True).first).to_be_visible()
 
-    # Lineage → select base_features with its upstream assets → Materialize all… → Missing → launch
-    nav_link(page, "Lineage").click()
-    selection = page.get_by_role("textbox", name="Search and filter assets")
-    selection.focus()  # a code editor: its visible lines cover the textarea
-    page.keyboard.type('+key:"base_features"')
-    page.keyboard.press("Enter")
-    expect(page).to_have_url(re.compile("base_features"))
+    # Catalog → tick operator_parameters, initial_conditions and base_features (base_features alone
+    # would read input shards that do not exist yet) → Materialize selected (3)… → Missing → launch
+    tick_in_catalog(page, GENERATION_ASSETS)
     materialize_button(page).click()
     expect(page.get_by_role("dialog")).to_contain_text(
         f"Launch runs to materialize {len(GENERATION_ASSETS)} assets"
     )
-    launch_from_dialog(page, "Missing", new_shards)
+    launch_from_dialog(page, "Missing", new_shards, screenshot="ui-backfill-grown-partitions")
     wait_for_launched(page, dev)
     save_screenshot(page, "test_backfill_new_shard_after_growing_the_spec_from_the_ui")
 

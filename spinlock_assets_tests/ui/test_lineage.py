@@ -1,9 +1,11 @@
-"""Workflow: inspecting where a shard of base features comes from, what depends on it, and which spec,
-code and machine produced the file on disk, from the ``base_features`` asset page."""
+"""Workflow: inspecting where a shard of base features comes from, what depends on it, which spec, code
+and machine produced the file on disk, its numbers across shards (Plots) and its energy curves, from the
+``base_features`` asset page (README, "Workflows in the UI")."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import h5py
 import pytest
@@ -14,7 +16,15 @@ from spinlock_assets.defs.features.assets import family_asset_name
 from spinlock_assets.defs.generation.assets import BASE_CODE_VERSION
 from spinlock_assets_tests.e2e.dagster_dev import DagsterDev
 
-from .dagster_ui import asset_link, metadata_row, metadata_value, open_asset, save_screenshot
+from .dagster_ui import (
+    asset_link,
+    doc_screenshot,
+    metadata_row,
+    metadata_value,
+    open_asset,
+    save_screenshot,
+    show_markdown,
+)
 from .server_setup import current_spec, sha256_of, shard_keys
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -48,6 +58,13 @@ def test_lineage_and_provenance_of_base_features_from_the_ui(generated_dev: Dags
     families = {family_asset_name(family.name) for family in derived_families(spec.channels)}
     assert _asset_names(downstream) == families | {"dataset"}
 
+    # Metadata → Plots: the numeric metadata of every partition charted, e.g. the mean final energy
+    page.get_by_role("button", name=re.compile("Plots$")).click()
+    expect(page.get_by_text("mean_final_energy", exact=True)).to_be_visible()
+    expect(page.get_by_text("seconds_per_operator", exact=True)).to_be_visible()
+    page.get_by_text("mean_final_energy", exact=True).scroll_into_view_if_needed()
+    doc_screenshot(page, "ui-base-features-plots")
+
     # Partitions tab: one materialization per shard, each with the provenance of its own file
     page.get_by_role("tab", name="Partitions").click()
     shards = shard_keys(spec)
@@ -66,4 +83,12 @@ def test_lineage_and_provenance_of_base_features_from_the_ui(generated_dev: Dags
         expect(metadata_value(detail, "operator_range", f"{start}..{stop}")).to_be_visible()
         for field, value in fingerprint.items():
             expect(metadata_row(detail, "fingerprint")).to_contain_text(f'"{field}": {json.dumps(value)}')
+    doc_screenshot(page, "ui-base-features-provenance")
+
+    # energy_over_time → [Show Markdown]: the last shard's energy curves, captioned
+    energy = show_markdown(detail, "energy_over_time")
+    expect(energy).to_contain_text(f"for operators {start}–{stop}")
+    expect(energy).to_contain_text("logarithmic y axis")
+    doc_screenshot(page, "ui-base-features-energy")
+    energy.get_by_role("button", name="Close").click()
     save_screenshot(page, "test_lineage_and_provenance_of_base_features_from_the_ui")

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..lazy_torch import torch
 from .family import EPS, ArraySpec, FeatureFamily, Needs, OperatorInputs
+from .trajectory import ols_slope
 
 __all__ = [
     "FAMILY",
@@ -147,19 +148,6 @@ def step_features(states: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def _ols_slope(y: np.ndarray, axis: int) -> np.ndarray:
-    """OLS slope of ``y`` against τ = t/(T−1) along ``axis`` (NaN when T < 2; NaN in y propagates)."""
-    steps = y.shape[axis]
-    if steps < 2:
-        return np.full(np.delete(y.shape, axis), np.nan)
-    tau = np.arange(steps) / (steps - 1)
-    tau -= tau.mean()
-    shape = [1] * y.ndim
-    shape[axis] = steps
-    centred = y - y.mean(axis=axis, keepdims=True)
-    return (centred * tau.reshape(shape)).sum(axis=axis) / float(tau @ tau)
-
-
 def summarize(series: np.ndarray) -> np.ndarray:
     """Summary of an F0 series: ``[M, T, C, 10]`` → ``[C, 30, 2]`` float32 (float64 internally).
 
@@ -181,7 +169,7 @@ def summarize(series: np.ndarray) -> np.ndarray:
                 x[:, -1],
                 x.mean(axis=1),
                 x.std(axis=1),
-                _ols_slope(logged, axis=1),
+                ols_slope(logged, axis=1),
                 np.broadcast_to(blowup[..., None], blowup.shape + (len(SUMMARY_SERIES),)),
             ),
             axis=-1,

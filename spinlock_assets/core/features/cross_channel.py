@@ -24,7 +24,7 @@ import numpy as np
 
 from ..lazy_torch import torch
 from .family import ArraySpec, FeatureFamily, Needs, OperatorInputs
-from .spectral import SUMMARY_STATISTICS, rollout_tensor, time_realization_summary
+from .trajectory import SUMMARY_STATISTICS, rollout_tensor, time_realization_summary
 
 __all__ = [
     "COUPLING_NAMES",

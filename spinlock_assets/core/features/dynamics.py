@@ -46,6 +46,7 @@ import numpy as np
 
 from .base import REALIZATION_STATISTICS, SERIES_FIELDS
 from .family import EPS, ArraySpec, FeatureFamily, Needs, OperatorInputs
+from .trajectory import ols_slope
 
 __all__ = ["FAMILY", "FEATURE_NAMES", "compute", "dynamics_per_trajectory"]
 
@@ -75,16 +76,6 @@ _READS_E += ("final_initial_ratio_E", "time_to_half_E", "time_to_double_E")
 _READS_STD = ("variance_growth_rate",)
 _ACF_THRESHOLD = float(np.exp(-1.0))
 _COL = {name: i for i, name in enumerate(SERIES_FIELDS)}
-
-
-def _slope(y: np.ndarray) -> np.ndarray:
-    """OLS slope of ``y [..., T]`` against τ = t/(T−1); NaN when T < 2."""
-    steps = y.shape[-1]
-    if steps < 2:
-        return np.full(y.shape[:-1], np.nan)
-    tau = np.arange(steps) / (steps - 1)
-    tau -= tau.mean()
-    return (y - y.mean(axis=-1, keepdims=True)) @ tau / float(tau @ tau)
 
 
 def _first_index(mask: np.ndarray, default: float) -> np.ndarray:
@@ -156,9 +147,9 @@ def dynamics_per_trajectory(series: np.ndarray) -> np.ndarray:
     f: dict[str, np.ndarray] = {}
     with np.errstate(all="ignore"):
         log_e = np.log(energy + EPS)
-        f["energy_growth_rate"] = _slope(log_e)
+        f["energy_growth_rate"] = ols_slope(log_e)
         f["energy_log_curvature"] = np.abs(np.diff(log_e, 2, axis=-1)).mean(axis=-1) if steps >= 3 else nan
-        f["variance_growth_rate"] = _slope(np.log(sigma**2 + EPS))
+        f["variance_growth_rate"] = ols_slope(np.log(sigma**2 + EPS))
         f["energy_dom_freq"] = _dom_freq(energy)
         f["energy_peak_to_peak"] = np.ptp(energy, axis=-1) / (energy.mean(axis=-1) + EPS)
         f["autocorr_decay"] = _autocorr_decay(s)
@@ -213,7 +204,7 @@ def compute(inputs: OperatorInputs) -> dict[str, np.ndarray]:
 
 FAMILY = FeatureFamily(
     name="dynamics",
-    version="1.0.0",
+    version="1.1.0",
     needs=Needs.BASE_SERIES,
     description=(
         "Temporal dynamics of each channel's mean s(t) and energy E(t) from the stored F0 series: growth "

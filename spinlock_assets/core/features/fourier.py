@@ -1,4 +1,5 @@
-"""Periodic Fourier helpers shared by the replay families F1 ``spectral`` and F3 ``invariant_drift``.
+"""Periodic Fourier helpers (spectra, wavenumbers, Gaussian low-pass) of the families F1 ``spectral`` and F3
+``invariant_drift``.
 
 Conventions (design doc, "Conventions for this section"):
 
@@ -18,29 +19,12 @@ import math
 from ..lazy_torch import torch
 
 __all__ = [
-    "CHUNK_NUMEL",
     "gaussian_lowpass",
     "gaussian_multiplier",
     "half_plane_weights",
     "power_spectrum",
-    "time_chunks",
     "wavenumbers",
 ]
-
-# Work on at most this many field values per FFT call (8 MiB of float32 input). The spectra and the per-mode
-# temporaries built from them are a small multiple of this, so peak memory stays bounded whatever T, M or the
-# grid is, instead of growing with a whole-trajectory FFT.
-CHUNK_NUMEL = 1 << 21
-
-
-def time_chunks(steps: int, step_numel: int, budget: int = CHUNK_NUMEL) -> list[slice]:
-    """Split ``range(steps)`` into consecutive slices of at most ``max(1, budget // step_numel)`` steps.
-
-    The split depends only on (steps, step_numel), never on M, so one realization is always processed by
-    the same sequence of calls whether it is computed alone or inside a batch (bit-identical results).
-    """
-    size = max(1, budget // max(1, step_numel))
-    return [slice(start, min(start + size, steps)) for start in range(0, steps, size)]
 
 
 def wavenumbers(

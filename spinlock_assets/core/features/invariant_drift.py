@@ -27,8 +27,8 @@ import numpy as np
 
 from ..lazy_torch import torch
 from .family import EPS, ArraySpec, FeatureFamily, Needs, OperatorInputs
-from .fourier import gaussian_lowpass, gaussian_multiplier, time_chunks
-from .spectral import rollout_tensor
+from .fourier import gaussian_lowpass, gaussian_multiplier
+from .trajectory import rollout_tensor, time_chunks
 
 __all__ = [
     "ENTROPY_BINS",

@@ -35,18 +35,16 @@ import numpy as np
 
 from ..lazy_torch import torch
 from .family import EPS, ArraySpec, FeatureFamily, Needs, OperatorInputs
-from .fourier import half_plane_weights, power_spectrum, time_chunks, wavenumbers
+from .fourier import half_plane_weights, power_spectrum, wavenumbers
+from .trajectory import SUMMARY_STATISTICS, rollout_tensor, time_chunks, time_realization_summary
 
 __all__ = [
     "FAMILY",
     "FEATURE_NAMES",
     "ROLLOFF_FRACTION",
     "SHELL_EDGES",
-    "SUMMARY_STATISTICS",
     "compute",
-    "rollout_tensor",
     "spectral_features",
-    "time_realization_summary",
 ]
 
 SHELL_EDGES = (0.5, 1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5)
@@ -63,7 +61,6 @@ FEATURE_NAMES = tuple(f"shell_power_{r}" for r in range(N_SHELLS)) + (
     "rolloff_k",
     "anisotropy",
 )
-SUMMARY_STATISTICS = ("time_mean", "time_std", "final", "realization_std_of_time_mean")
 
 
 @dataclass(frozen=True)
@@ -196,36 +193,6 @@ def spectral_features(u: torch.Tensor) -> torch.Tensor:
     out = torch.cat([shells, torch.stack(scalars, -1)], -1)
     valid = (finite & torch.isfinite(total))[:, None] & torch.isfinite(out)
     return torch.where(valid, out, float("nan")).reshape(*lead, len(FEATURE_NAMES))
-
-
-def time_realization_summary(series: torch.Tensor) -> torch.Tensor:
-    """``[M, T, *rest]`` -> ``[*rest, 4]`` in ``SUMMARY_STATISTICS`` order (population std; NaN propagates).
-
-    time_mean, time_std and final are taken over t of the realization-mean series; the 4th statistic is the
-    std over m of each realization's time mean. A NaN anywhere in the reduced values gives NaN (never skipped:
-    dropping diverged realizations would silently bias the summary).
-    """
-    realization_mean = series.mean(0)
-    per_realization = series.mean(1)
-    stats = [
-        realization_mean.mean(0),
-        realization_mean.std(0, correction=0),
-        realization_mean[-1],
-        per_realization.std(0, correction=0),
-    ]
-    return torch.stack(stats, -1)
-
-
-def rollout_tensor(inputs: OperatorInputs) -> torch.Tensor:
-    """``inputs.trajectories`` as a float32 ``[M, T, C, H, W]`` tensor on its own device (validated)."""
-    if inputs.trajectories is None:
-        raise ValueError("this family needs trajectories (Needs.ROLLOUT); got trajectories=None")
-    trajectories = torch.as_tensor(inputs.trajectories).to(torch.float32)
-    if trajectories.ndim != 5 or 0 in trajectories.shape:
-        raise ValueError(
-            f"trajectories must be a non-empty [M, T, C, H, W] tensor, got {tuple(trajectories.shape)}"
-        )
-    return trajectories
 
 
 def compute(inputs: OperatorInputs) -> dict[str, np.ndarray]:

@@ -5,25 +5,28 @@ each operator once and feeds all three. Each family's ``code_version`` is its ve
 family marks exactly that family stale.
 """
 
+import time
 from collections.abc import Sequence
 
 import dagster as dg
 
 from spinlock_assets.core.features.family import FeatureFamily, Needs
+from spinlock_assets.core.progress import Progress
 from spinlock_assets.figures import plots
+from spinlock_assets.storage.arrays import StoredArray
 from spinlock_assets.storage.layout import GENERATION_ASSETS
 from spinlock_assets.storage.operator_arrays import ENGINE_VERSION, family_arrays
 
 from ..constants import FEATURES_GROUP, OWNERS
 from ..io_manager import IO_MANAGER_KEY, ShardOutput
-from ..progress import ProgressLog
 from ..resources import DatasetResource, RolloutResource
 from ..shard_assets import load_records, preview
 
 __all__ = ["build_feature_assets", "family_asset_name"]
 
 
-MAX_PREVIEW_COLUMNS = 200
+# Verification statuses that count as a reproduced replay; anything else (mismatch, diverged) does not.
+REPRODUCED = ("exact", "within_tolerance")
 
 
 def family_asset_name(family_name: str) -> str:
@@ -43,9 +46,10 @@ def _kinds(family: FeatureFamily) -> set[str]:
 
 
 def build_feature_assets(
-    partitions: dg.PartitionsDefinition, families: Sequence[FeatureFamily]
+    partitions: dg.PartitionsDefinition, families: Sequence[FeatureFamily], rollout_pool: str | None = None
 ) -> list[dg.AssetsDefinition]:
-    """The multi-asset computing ``families`` (``FeatureFamily`` objects) per shard."""
+    """The multi-asset computing ``families`` (``FeatureFamily`` objects) per shard; its replays run in
+    ``rollout_pool`` (the GPU pool when rollouts run on a GPU)."""
     if not families:
         return []
     by_asset = {family_asset_name(f.name): f for f in families}
@@ -69,6 +73,7 @@ def build_feature_assets(
         can_subset=True,
         partitions_def=partitions,
         name="replay_feature_families",
+        pool=rollout_pool,
         ins={name: dg.AssetIn() for name in GENERATION_ASSETS},
     )
     def replay_feature_families(
@@ -86,20 +91,22 @@ def build_feature_assets(
         selected = [by_asset[key.path[-1]] for key in sorted(context.selected_asset_keys)]
         records = load_records(dataset, operator_parameters, initial_conditions, base_features)
         fingerprint = rollout.fingerprint()
-        extraction = extract_families(
-            records,
-            selected,
-            build_operator=rollout.build_operator,
-            same_fingerprint=same_fingerprint(records[0].fingerprint, fingerprint),
-            progress=ProgressLog(context.log),
-        )
+        started = time.perf_counter()
+        with Progress(emit=context.log.info) as progress:
+            extraction = extract_families(
+                records,
+                selected,
+                build_operator=rollout.build_operator,
+                same_fingerprint=same_fingerprint(records[0].fingerprint, fingerprint),
+                progress=progress,
+            )
+        seconds = time.perf_counter() - started
         statuses = [v.status for v in extraction.verifications]
+        operator_indices = [record.index for record in records]
         for family in selected:
             source = "derived" if family.needs is Needs.BASE_SERIES else "replay"
             arrays = family_arrays(family, extraction.results[family.name], source)
             nan_count = int(sum(int((a.data != a.data).sum()) for a in arrays.values()))
-            shown = "summary" if "summary" in arrays else next(iter(arrays))
-            matrix = arrays[shown].data.reshape(len(records), -1)[:, :MAX_PREVIEW_COLUMNS]
             yield dg.Output(
                 ShardOutput(arrays, fingerprint=fingerprint),
                 output_name=family_asset_name(family.name),
@@ -109,12 +116,26 @@ def build_feature_assets(
                     "rollouts_replayed": extraction.rollouts,
                     "replay_exact": statuses.count("exact"),
                     "replay_within_tolerance": statuses.count("within_tolerance"),
+                    "replay_not_reproduced": sum(status not in REPRODUCED for status in statuses),
                     "nan_values": nan_count,
+                    # The run's extraction time, shared by every family computed in it.
+                    "seconds_per_operator": round(seconds / len(records), 4),
                     "family_version": family.version,
-                    "preview": preview(
-                        plots.feature_heatmap(matrix), f"{family.name}/{shown}: operators x features"
-                    ),
+                    "feature_map": preview(_feature_map(family, arrays, operator_indices)),
                 },
             )
 
     return [replay_feature_families]
+
+
+def _feature_map(
+    family: FeatureFamily, arrays: dict[str, StoredArray], operator_indices: list[int]
+) -> plots.Preview:
+    """The family's summary (else its first array) as an operators-by-named-features heat map."""
+    name = "summary" if "summary" in arrays else next(iter(arrays))
+    shown = arrays[name]
+    matrix, columns, cut = plots.feature_matrix(
+        shown.data, shown.axes, shown.field_names, dict(shown.axis_labels)
+    )
+    title = f"{family.name} / {name}" + (f" ({cut})" if cut else "")
+    return plots.feature_heatmap(matrix, columns, operator_indices=operator_indices, title=title)

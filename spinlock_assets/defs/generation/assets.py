@@ -9,6 +9,7 @@ import dagster as dg
 
 from spinlock_assets.core.features.base import FAMILY as BASE
 from spinlock_assets.core.features.base import SERIES_FIELDS
+from spinlock_assets.core.fingerprint import inputs_fingerprint
 from spinlock_assets.core.generation import generate_initial_conditions
 from spinlock_assets.core.generation import operator_parameters as draw_parameters
 from spinlock_assets.core.shards import parse_shard_key
@@ -24,7 +25,7 @@ from spinlock_assets.storage.operator_arrays import (
 from ..constants import GENERATION_GROUP, INPUTS_GROUP, OWNERS
 from ..io_manager import IO_MANAGER_KEY, ShardOutput
 from ..resources import DatasetResource, RolloutResource
-from ..shard_assets import arrays_of, load_records, preview, shard_output
+from ..shard_assets import arrays_of, finite_mean, load_records, preview, shard_output
 
 __all__ = ["build_generation_assets", "BASE_CODE_VERSION", "INPUTS_CODE_VERSION"]
 
@@ -32,10 +33,14 @@ __all__ = ["build_generation_assets", "BASE_CODE_VERSION", "INPUTS_CODE_VERSION"
 BASE_CODE_VERSION = f"base-{BASE.version}+engine-{ENGINE_VERSION}"
 # Parameters and ICs depend on the Sobol/seed/IC numerics only, which no engine change touches.
 INPUTS_CODE_VERSION = "inputs-1"
+ENERGY_COLUMN = SERIES_FIELDS.index("energy")
 
 
-def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """The three generation assets over the given shard partitions."""
+def build_generation_assets(
+    partitions: dg.PartitionsDefinition, rollout_pool: str | None = None
+) -> list[dg.AssetsDefinition]:
+    """The three generation assets over the given shard partitions; the rollout step runs in
+    ``rollout_pool`` (the GPU pool when rollouts run on a GPU)."""
     common = dict(partitions_def=partitions, owners=OWNERS, io_manager_key=IO_MANAGER_KEY)
 
     @dg.asset(group_name=INPUTS_GROUP, code_version=INPUTS_CODE_VERSION, kinds={"numpy", "hdf5"}, **common)
@@ -46,7 +51,7 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         table = draw_parameters(dataset.spec, shard.start, shard.stop)
         policies = [hp.policy for hp in table.hyperparameters]
         return shard_output(
-            ShardOutput(parameter_arrays(table, dataset.spec)),
+            ShardOutput(parameter_arrays(table, dataset.spec), fingerprint=inputs_fingerprint()),
             operators=len(table),
             policies=dg.MetadataValue.json({p: policies.count(p) for p in sorted(set(policies))}),
         )
@@ -65,14 +70,23 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
                     fields,
                     dataset.spec.parameter_space.ic_families,
                     store_fields=dataset.spec.store_initial_conditions,
-                )
+                ),
+                fingerprint=inputs_fingerprint(),
             ),
-            preview=preview(plots.ic_grid(fields), "initial conditions, channel 0"),
+            initial_fields=preview(
+                plots.ic_grid(fields, operator_indices=table.operator_index, families=families)
+            ),
             operators=len(fields),
             ic_families=dg.MetadataValue.json({f: families.count(f) for f in sorted(set(families))}),
         )
 
-    @dg.asset(group_name=GENERATION_GROUP, code_version=BASE_CODE_VERSION, kinds={"torch", "hdf5"}, **common)
+    @dg.asset(
+        group_name=GENERATION_GROUP,
+        code_version=BASE_CODE_VERSION,
+        kinds={"torch", "hdf5"},
+        pool=rollout_pool,
+        **common,
+    )
     def base_features(
         context: dg.AssetExecutionContext,
         dataset: DatasetResource,
@@ -92,13 +106,22 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         if diverged:
             context.log.warning(f"{len(diverged)} operators diverged (NaN/Inf), flagged and kept: {diverged}")
         arrays = base_feature_arrays(rollouts, BASE, store_trajectories=dataset.spec.store_trajectories)
-        energy = plots.energy_curves(arrays["series"].data, energy_column=SERIES_FIELDS.index("energy"))
+        energy = arrays["series"].data[..., ENERGY_COLUMN]  # [n, M, T, C]
+        curves = plots.energy_curves(
+            arrays["series"].data,
+            energy_column=ENERGY_COLUMN,
+            operator_indices=[record.index for record in records],
+            labels=[record.hyperparameters.ic_family for record in records],
+        )
         return shard_output(
             ShardOutput(arrays, fingerprint=rollout.fingerprint()),
-            preview=preview(energy, "log10 energy over time per realization"),
+            energy_over_time=preview(curves),
             operators=len(records),
             diverged_operators=len(diverged),
             diverged_indices=dg.MetadataValue.json(diverged),
+            # Floats, not text: the asset's Plots tab charts them across partitions and runs.
+            mean_initial_energy=finite_mean(energy[:, :, 0]),
+            mean_final_energy=finite_mean(energy[:, :, -1]),
             rollout_seconds=round(seconds, 3),
             seconds_per_operator=round(seconds / len(records), 4),
         )

@@ -11,31 +11,34 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import numpy as np
-from dagster._core.events import DagsterEventType
 
-from spinlock_assets.core.features.base import SERIES_FIELDS
 from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.storage import StorageError, validate_shard_file
 from spinlock_assets.storage.layout import BASE_FEATURES_ASSET, GENERATION_ASSETS
 from spinlock_assets.storage.operator_arrays import stored_records
 
 from ..resources import DatasetResource, RolloutResource
+from ..shard_assets import recorded_sha256
+
+if TYPE_CHECKING:
+    from spinlock_assets.core.record import OperatorRecord
+    from spinlock_assets.core.verification import StoredFamily
 
 __all__ = [
     "INTEGRITY_CHECK",
     "NONFINITE_CHECK",
     "REPLAY_CHECK",
+    "REPLAY_COUNTS",
     "Evaluation",
     "ReplaySample",
     "build_checks",
     "integrity_check_key",
     "integrity_evaluation",
     "nonfinite_evaluation",
-    "recorded_sha256",
     "replay_evaluation",
 ]
 
@@ -44,6 +47,18 @@ NONFINITE_CHECK = "nonfinite_only_where_flagged"
 INTEGRITY_CHECK = "shard_file_intact"
 REPLAY_CHECK_KEY = dg.AssetCheckKey(dg.AssetKey(BASE_FEATURES_ASSET), REPLAY_CHECK)
 NONFINITE_CHECK_KEY = dg.AssetCheckKey(dg.AssetKey(BASE_FEATURES_ASSET), NONFINITE_CHECK)
+# A replay's counts by status (plain numbers); mismatch (a reproducibility bug) and tampered (edited data)
+# are errors, anything else that is not a pass (another fingerprint, a family not recomputable) a warning.
+REPLAY_COUNTS = (
+    "operators_verified",
+    "exact",
+    "within_tolerance",
+    "diverged",
+    "mismatched",
+    "tampered",
+    "unverified",
+)
+_ERRORS = ("mismatch", "tampered")
 
 
 def integrity_check_key(asset: str) -> dg.AssetCheckKey:
@@ -89,49 +104,79 @@ class ReplaySample(dg.Config):
     rotation: int = 0
 
 
+def _stored_rows(
+    dataset: DatasetResource, shard_key: str, operators: Sequence[int]
+) -> tuple[list["OperatorRecord"], dict[int, dict[str, "StoredFamily"]]]:
+    """The replayable records of ``operators`` of the shard, and by operator its stored base summary and
+    derived-family values (families whose shard file exists), for ``core.verification.compare_features``
+    to recompute from the replay. Only the operators' rows are read (and, in the compact mode, only their
+    initial conditions regenerated)."""
+    from spinlock_assets.core.features.registry import derived_families
+    from spinlock_assets.core.verification import StoredFamily
+
+    from ..features.assets import family_asset_name
+
+    spec_hash, store = dataset.spec.spec_hash, dataset.store
+    (_, parameters), (_, initial_conditions), (base_header, base) = (
+        store.read_rows(asset, shard_key, operators, expected_spec_hash=spec_hash)
+        for asset in GENERATION_ASSETS
+    )
+    fingerprint = json.loads(base_header.attrs["fingerprint_json"])
+    families = {"base": (base_header, {"summary": base["summary"]})}
+    for family in derived_families(dataset.spec.channels):
+        asset = family_asset_name(family.name)
+        if store.exists(asset, shard_key):
+            families[family.name] = store.read_rows(asset, shard_key, operators, expected_spec_hash=spec_hash)
+    records, features = [], {}
+    for row, index in enumerate(parameters["operator_index"].tolist()):
+        # one record per row: stored records describe a contiguous range, the sample is not one
+        records += stored_records(
+            dataset.spec,
+            *(_row(arrays, row) for arrays in (parameters, initial_conditions, base)),
+            fingerprint,
+        )
+        features[index] = {
+            name: StoredFamily(
+                header.arrays[next(iter(arrays))].attrs["version"],
+                {array: values[row] for array, values in arrays.items()},
+            )
+            for name, (header, arrays) in families.items()
+        }
+    return records, features
+
+
 def replay_evaluation(
     dataset: DatasetResource, rollout: RolloutResource, shard_key: str, operators: Sequence[int], log: Any
 ) -> Evaluation:
     """Replay ``operators`` of the shard and compare every realization's SHA-256 digest with the stored one,
-    bit for bit; under another execution fingerprint classify instead (exact / within_tolerance /
-    diverged) and warn rather than fail. Only the operators' rows are read (and, in the compact mode,
-    only their initial conditions regenerated)."""
-    spec_hash = dataset.spec.spec_hash
+    bit for bit, and every stored feature of the shard (base summary, derived families) with the value
+    recomputed from the replay; under another execution fingerprint classify instead (exact /
+    within_tolerance / diverged) and warn rather than fail. A reproducibility bug (mismatch) or edited
+    data (tampered) is an error; a family that cannot be recomputed here leaves the operator unverified."""
     try:
-        (_, parameters), (_, initial_conditions), (base_attrs, base) = (
-            dataset.store.read_rows(asset, shard_key, operators, expected_spec_hash=spec_hash)
-            for asset in GENERATION_ASSETS
-        )
-        fingerprint = json.loads(base_attrs["fingerprint_json"])
-        # one record per row: stored records describe a contiguous range, the sample is not one
-        records = [
-            stored_records(
-                dataset.spec,
-                *(_row(arrays, row) for arrays in (parameters, initial_conditions, base)),
-                fingerprint,
-            )[0]
-            for row in range(len(parameters["operator_index"]))
-        ]
+        records, features = _stored_rows(dataset, shard_key, operators)
     except StorageError as exc:  # a damaged or missing file fails this shard's check, not the whole run
-        counts = dict.fromkeys(
-            ("operators_verified", "exact", "within_tolerance", "diverged", "mismatched"), 0
-        )
+        counts = dict.fromkeys(REPLAY_COUNTS, 0)
         return Evaluation(passed=False, metadata={**counts, "problems": str(exc)})
     started = time.perf_counter()
-    results = rollout.verify(records, log=log)
+    results = rollout.verify(records, log=log, stored_features=lambda record: features[record.index])
     counts = Counter(v.status for v in results)
-    mismatched = [v.operator_index for v in results if v.status == "mismatch"]
+    named = {status: [v.operator_index for v in results if v.status == status] for status in _ERRORS}
     return Evaluation(
         passed=all(v.ok for v in results),
-        severity=dg.AssetCheckSeverity.ERROR if mismatched else dg.AssetCheckSeverity.WARN,
+        severity=dg.AssetCheckSeverity.ERROR if any(named.values()) else dg.AssetCheckSeverity.WARN,
         metadata={
             "operators_verified": len(results),
             "exact": counts["exact"],
             "within_tolerance": counts["within_tolerance"],
             "diverged": counts["diverged"],
             "mismatched": counts["mismatch"],
+            "tampered": counts["tampered"],
+            "unverified": counts["unverified"],
+            "fingerprint_changed": sum(not v.same_fingerprint for v in results),
             "verified_operators": _listed(sorted(operators)),
-            "mismatched_operators": _listed(mismatched),
+            "mismatched_operators": _listed(named["mismatch"]),
+            "tampered_operators": _listed(named["tampered"]),
             "wall_seconds": round(time.perf_counter() - started, 3),
         },
     )
@@ -140,15 +185,14 @@ def replay_evaluation(
 def nonfinite_evaluation(dataset: DatasetResource, shard_key: str) -> Evaluation:
     """Base series are finite except for realizations flagged divergent (first_nonfinite_step >= 0), and
     those are NaN from that step on: NaN/Inf is counted and flagged, never hidden or patched."""
+    from spinlock_assets.core.verification import unflagged_nonfinite_rows  # imports torch: only when run
+
     arrays = dataset.store.read(
         BASE_FEATURES_ASSET, shard_key, names=("series", "first_nonfinite_step")
     ).arrays
-    series, first = arrays["series"].data, arrays["first_nonfinite_step"].data  # [n,M,T,C,K], [n,M]
-    has_nan = np.isnan(series[..., : SERIES_FIELDS.index("nonfinite_frac")]).any(axis=(3, 4))  # [n, M, T]
-    flagged_from = np.where(first < 0, series.shape[2], first)
-    before_flag = np.arange(series.shape[2]) < flagged_from[..., None]
+    first = arrays["first_nonfinite_step"].data
     start = parse_shard_key(shard_key).start
-    bad = [start + row for row in np.unique(np.nonzero(has_nan & before_flag)[0]).tolist()]
+    bad = [start + row for row in unflagged_nonfinite_rows(arrays["series"].data, first)]
     return Evaluation(
         passed=not bad,
         metadata={
@@ -180,29 +224,19 @@ def integrity_evaluation(
     )
 
 
-def recorded_sha256(instance: dg.DagsterInstance, asset: str, shard_keys: Iterable[str]) -> dict[str, str]:
-    """The sha256 recorded by the latest materialization of each given shard that has one: two indexed
-    queries whatever the number of partitions the asset has (never-materialized shards are absent)."""
-    key = dg.AssetKey(asset)
-    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
-        key, DagsterEventType.ASSET_MATERIALIZATION, partitions=set(shard_keys)
+def build_checks(
+    partitions: dg.PartitionsDefinition, shard_assets: Sequence[str], rollout_pool: str | None = None
+) -> list:
+    """The replay and finite checks on ``base_features`` and an integrity check per shard asset; the
+    replay check runs in ``rollout_pool`` (the GPU pool when rollouts run on a GPU)."""
+
+    @dg.asset_check(
+        asset=BASE_FEATURES_ASSET,
+        name=REPLAY_CHECK,
+        partitions_def=partitions,
+        blocking=True,
+        pool=rollout_pool,
     )
-    if not latest:
-        return {}
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, storage_ids=list(latest.values())), limit=len(latest)
-    ).records
-    return {
-        record.partition_key: record.asset_materialization.metadata["sha256"].value
-        for record in records
-        if record.partition_key and "sha256" in record.asset_materialization.metadata
-    }
-
-
-def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str]) -> list:
-    """The replay and finite checks on ``base_features`` and an integrity check per shard asset."""
-
-    @dg.asset_check(asset=BASE_FEATURES_ASSET, name=REPLAY_CHECK, partitions_def=partitions, blocking=True)
     def replay_matches_stored_digests(
         context: dg.AssetCheckExecutionContext,
         config: ReplaySample,
@@ -210,8 +244,9 @@ def build_checks(partitions: dg.PartitionsDefinition, shard_assets: Sequence[str
         rollout: RolloutResource,
     ) -> dg.AssetCheckResult:
         """Replays a rotating sample of the shard's operators and compares every realization's SHA-256 digest
-        with the stored one, bit for bit; under another execution fingerprint it classifies instead
-        (exact / within_tolerance / diverged) and warns rather than fails."""
+        with the stored one, bit for bit, and every stored feature of the shard (base summary, derived
+        families) with the value recomputed from the replay; under another execution fingerprint it
+        classifies instead (exact / within_tolerance / diverged) and warns rather than fails."""
         from spinlock_assets.core.verification import rotating_sample  # imports torch: only when run
 
         shard = parse_shard_key(context.partition_key)
@@ -240,7 +275,7 @@ def _integrity_check(partitions: dg.PartitionsDefinition, asset: str) -> dg.Asse
         """The shard file's SHA-256 equals the one recorded when it was materialized, and the file passes the
         layout validator (self-describing arrays, operator rows, spec hash)."""
         key = context.partition_key
-        recorded = recorded_sha256(context.instance, asset, [key]).get(key)
+        recorded = recorded_sha256(context.instance, dataset.store, asset, [key]).get(key)
         return integrity_evaluation(dataset, asset, key, recorded).result()
 
     return shard_file_intact

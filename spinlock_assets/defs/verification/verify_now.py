@@ -30,15 +30,16 @@ from spinlock_assets.storage.layout import BASE_FEATURES_ASSET
 
 from ..constants import VERIFY_FILE_BUDGET, VERIFY_OPERATOR_BUDGET
 from ..resources import DatasetResource, RolloutResource
+from ..shard_assets import recorded_sha256
 from .checks import (
     INTEGRITY_CHECK,
     NONFINITE_CHECK_KEY,
     REPLAY_CHECK_KEY,
+    REPLAY_COUNTS,
     Evaluation,
     integrity_check_key,
     integrity_evaluation,
     nonfinite_evaluation,
-    recorded_sha256,
     replay_evaluation,
 )
 
@@ -54,7 +55,6 @@ __all__ = [
 VERIFY_JOB = "verify_now"
 VERIFY_OP = "verify_sample"
 _SECONDS_PER_ROTATION = 86_400  # one rotation a day, matching the daily schedule
-_REPLAY_COUNTS = ("operators_verified", "exact", "within_tolerance", "diverged", "mismatched")
 
 
 def current_rotation(timestamp: float) -> int:
@@ -134,13 +134,13 @@ def _summary(
     counts: Counter[str] = Counter()
     for check, _, evaluation in verdicts:
         if check == REPLAY_CHECK_KEY:
-            counts.update({name: evaluation.metadata[name] for name in _REPLAY_COUNTS})
+            counts.update({name: evaluation.metadata[name] for name in REPLAY_COUNTS})
         elif check.name == INTEGRITY_CHECK:
             counts.update(files_checked=1, files_damaged=int(not evaluation.passed))
     return {
         "rotation": rotation,
         "shards_replayed": sum(check == REPLAY_CHECK_KEY for check, _, _ in verdicts),
-        **{name: counts[name] for name in (*_REPLAY_COUNTS, "files_checked", "files_damaged")},
+        **{name: counts[name] for name in (*REPLAY_COUNTS, "files_checked", "files_damaged")},
         "rotations_to_replay_every_operator": rotation_period(spec.n_operators, config.operator_budget),
         "rotations_to_check_every_file": rotation_period(
             spec.n_operators // spec.shard_size, max(1, config.file_budget // n_shard_assets)
@@ -158,10 +158,11 @@ def _materialized(instance: dg.DagsterInstance, asset: str, shard_keys: Sequence
     )
 
 
-def build_verify_now_job(shard_assets: Sequence[str]) -> dg.JobDefinition:
-    """The job, checking the files of every asset in ``shard_assets`` (generation and derived families)."""
+def build_verify_now_job(shard_assets: Sequence[str], rollout_pool: str | None = None) -> dg.JobDefinition:
+    """The job, checking the files of every asset in ``shard_assets`` (generation and derived families); its
+    replays run in ``rollout_pool`` (the GPU pool when rollouts run on a GPU)."""
 
-    @dg.op(name=VERIFY_OP, out=dg.Out(dg.Nothing))
+    @dg.op(name=VERIFY_OP, out=dg.Out(dg.Nothing), pool=rollout_pool)
     def verify_sample(
         context: dg.OpExecutionContext,
         config: VerifyConfig,
@@ -169,7 +170,7 @@ def build_verify_now_job(shard_assets: Sequence[str]) -> dg.JobDefinition:
         rollout: RolloutResource,
     ) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
         """Replays the run's operators, checks the files of its shards, records each verdict per shard;
-        the run fails when a check fails with severity ERROR (a mismatch, a damaged file)."""
+        the run fails when a check fails with severity ERROR (a mismatch, tampered data, a damaged file)."""
         started = time.perf_counter()
         spec = dataset.spec
         rotation = config.rotation if config.rotation >= 0 else current_rotation(time.time())
@@ -180,17 +181,18 @@ def build_verify_now_job(shard_assets: Sequence[str]) -> dg.JobDefinition:
             if shard_key in generated:
                 evaluation = replay_evaluation(dataset, rollout, shard_key, operators, context.log)
                 verdicts.append((REPLAY_CHECK_KEY, shard_key, evaluation))
-                yield evaluation.event(
-                    REPLAY_CHECK_KEY, shard_key
-                )  # yielded at once: recorded even if the run fails
+                # yielded at once: recorded even if the run fails
+                yield evaluation.event(REPLAY_CHECK_KEY, shard_key)
         for shard_key in plan.file_shards:
             if shard_key in generated:
                 evaluation = nonfinite_evaluation(dataset, shard_key)
                 verdicts.append((NONFINITE_CHECK_KEY, shard_key, evaluation))
                 yield evaluation.event(NONFINITE_CHECK_KEY, shard_key)
         for asset in shard_assets:
-            for shard_key, sha256 in recorded_sha256(context.instance, asset, plan.file_shards).items():
-                evaluation = integrity_evaluation(dataset, asset, shard_key, sha256)
+            materialized = sorted(_materialized(context.instance, asset, plan.file_shards))
+            recorded = recorded_sha256(context.instance, dataset.store, asset, materialized)
+            for shard_key in materialized:
+                evaluation = integrity_evaluation(dataset, asset, shard_key, recorded.get(shard_key))
                 verdicts.append((integrity_check_key(asset), shard_key, evaluation))
                 yield evaluation.event(integrity_check_key(asset), shard_key)
         yield dg.Output(None, metadata=_summary(verdicts, spec, config, rotation, len(shard_assets), started))

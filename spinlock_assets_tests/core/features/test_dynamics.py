@@ -213,7 +213,7 @@ def test_input_validation():
 
 
 def test_family_declaration():
-    assert (FAMILY.name, FAMILY.version, FAMILY.needs) == ("dynamics", "1.0.0", Needs.BASE_SERIES)
+    assert (FAMILY.name, FAMILY.version, FAMILY.needs) == ("dynamics", "1.1.0", Needs.BASE_SERIES)
     per, summary = FAMILY.array("per_trajectory"), FAMILY.array("summary")
     assert per.axes == ("realization", "channel", "feature") and per.field_names == FEATURE_NAMES
     assert summary.axes == ("channel", "feature", "statistic") and summary.field_names == FEATURE_NAMES

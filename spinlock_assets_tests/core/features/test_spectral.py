@@ -11,8 +11,9 @@ import torch
 
 from spinlock_assets.core.features import spectral
 from spinlock_assets.core.features.family import OperatorInputs
-from spinlock_assets.core.features.fourier import half_plane_weights, power_spectrum, time_chunks, wavenumbers
+from spinlock_assets.core.features.fourier import half_plane_weights, power_spectrum, wavenumbers
 from spinlock_assets.core.features.spectral import FAMILY, FEATURE_NAMES, spectral_features
+from spinlock_assets.core.features.trajectory import time_chunks
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
