@@ -49,7 +49,6 @@ from _common import (  # noqa: E402
     timed,
 )
 
-from spinlock_assets.core.allocator import keep_freed_memory  # noqa: E402
 from spinlock_assets.core.batching import BatchedSteps  # noqa: E402
 from spinlock_assets.core.fingerprint import execution_fingerprint  # noqa: E402
 from spinlock_assets.core.rollout import run_rollout  # noqa: E402
@@ -194,7 +193,6 @@ def main() -> None:
         args.operators, args.steps, args.conv_steps = 8, 16, 32
     if args.threads:
         torch.set_num_threads(args.threads)
-    keep_freed_memory()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, fingerprint {execution_fingerprint()}"
     )

@@ -18,12 +18,18 @@ import json
 from importlib import metadata
 
 __all__ = [
+    "ENGINE_VERSION",
     "configure_determinism",
     "execution_fingerprint",
     "fingerprint_id",
     "inputs_fingerprint",
     "package_version",
 ]
+
+# Version of the rollout engine's numerics (operator, policies, noise order, batching, digest). Bump on any
+# change that alters a digest: stored digests then belong to the previous engine, and the code versions
+# built from it mark base features and every family stale.
+ENGINE_VERSION = "2.0.0"
 
 
 def package_version() -> str:
