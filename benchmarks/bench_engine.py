@@ -1,4 +1,5 @@
-"""The batched engine against the batch-1 (per-realization) engine, and its conv throughput against a GEMM.
+"""The batched engine (selectable) against the batch-1 (per-realization) default engine, and its conv
+throughput against a GEMM.
 
     python benchmarks/bench_engine.py            # 16 sampled + 4 smallest (T=32); 4 architectures (T=64)
     python benchmarks/bench_engine.py --quick    # smoke run: 8 sampled operators, T=16 and T=32
@@ -7,7 +8,7 @@ At a 64x64 grid, C=3, M=5, in one process, every measure of an operator interlea
 (so load drifts hit them alike), medians of ``--repeats`` (3):
 
 1. Generation throughput: ``run_rollout`` (inline F0 + digests, what generation and replay run) with
-   ``formulation="batched"`` (this engine) and ``"per_realization"`` (the previous batch-1 engine on its
+   ``formulation="batched"`` and ``"per_realization"`` (the default batch-1 engine on its
    worker lanes), over (i) operators 0..15 of the default space and (ii) its 4 smallest architectures;
    ratio = total per-realization time / total batched time (targets 1.5 and 2).
 2. Conv efficiency: for (layers, width, kernel) = (2,16,3), (3,32,3), (2,64,5), (5,16,7), T=64, the
@@ -49,8 +50,7 @@ from _common import (  # noqa: E402
     timed,
 )
 
-from spinlock_assets.core.allocator import keep_freed_memory  # noqa: E402
-from spinlock_assets.core.batching import BatchedSteps  # noqa: E402
+from spinlock_assets.core.batching import BatchedSteps, formulation  # noqa: E402
 from spinlock_assets.core.fingerprint import execution_fingerprint  # noqa: E402
 from spinlock_assets.core.rollout import run_rollout  # noqa: E402
 
@@ -194,7 +194,6 @@ def main() -> None:
         args.operators, args.steps, args.conv_steps = 8, 16, 32
     if args.threads:
         torch.set_num_threads(args.threads)
-    keep_freed_memory()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, fingerprint {execution_fingerprint()}"
     )
@@ -210,8 +209,7 @@ def main() -> None:
         print(f"\n== 2. Conv throughput / GEMM ({setting}, T={args.conv_steps})")
         conv_efficiency(args.conv_steps, args.repeats)
     print(f"\nload average at the end: {load_average()}; available parallelism {available_parallelism():.2f}")
-    formulation = execution_fingerprint()["formulation"]
-    print(f"formulation at the end: {formulation}; {time.perf_counter() - started:.0f} s")
+    print(f"batched formulation at the end: {formulation()}; {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

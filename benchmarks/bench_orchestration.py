@@ -40,7 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def direct(spec: DatasetSpec, root: Path) -> float:
     """The same work as the generation job, without Dagster."""
-    from spinlock_assets.core.allocator import keep_freed_memory
     from spinlock_assets.core.features.base import FAMILY as BASE
     from spinlock_assets.core.fingerprint import execution_fingerprint
     from spinlock_assets.core.generation import (
@@ -58,7 +57,6 @@ def direct(spec: DatasetSpec, root: Path) -> float:
         parameter_arrays,
     )
 
-    keep_freed_memory()
     store = ShardStore(root)
     started = time.perf_counter()
     fingerprint = execution_fingerprint()

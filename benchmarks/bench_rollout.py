@@ -1,4 +1,4 @@
-"""Rollout efficiency against the conv-only lower bound, the allocator setting, and a profile breakdown.
+"""Rollout efficiency against the conv-only lower bound, and a profile breakdown.
 
     python benchmarks/bench_rollout.py            # full run (about 10-20 minutes on the 2-core machine)
     python benchmarks/bench_rollout.py --quick    # smoke run: fewer operators and steps
@@ -16,10 +16,9 @@ process and interleaved (so load drifts hit every measure alike):
   the bound with the batch-1 convs shared out over the engine's worker threads (one intra-op thread each).
 
 Reported: medians over ``--repeats`` repetitions per operator; ratios (a)/(c) and (b)/(a) for the total
-of the sampled operators and for the smallest architectures alone. The section runs in child processes,
-once with ``keep_freed_memory()`` (the production setting, see ``core/allocator.py``) and once without
-(the setting is per process and cannot be undone), and the digests of the two are compared. Section 3
-profiles the smallest operator's generation rollout (torch.profiler) and splits its time by operation.
+of the sampled operators and for the smallest architectures alone. The measures run in a child process
+(a fresh allocator and thread pool, whatever the parent did). Section 2 profiles the smallest operator's
+generation rollout (torch.profiler) and splits its time by operation.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import subprocess
 import sys
 import time
@@ -51,7 +49,6 @@ from _common import (  # noqa: E402
 )
 
 from spinlock_assets.core import rollout as rollout_module  # noqa: E402
-from spinlock_assets.core.allocator import keep_freed_memory  # noqa: E402
 from spinlock_assets.core.rollout import iterate_rollout, run_rollout  # noqa: E402
 
 GRID, CHANNELS, REALIZATIONS = 64, 3, 5
@@ -146,22 +143,19 @@ def invariance_checks(cases: list[Case], steps: int) -> dict:
 def child_main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    applied = keep_freed_memory() if args.allocator == "keep" else False
     sample = sampled_cases(args.operators, channels=CHANNELS, grid=GRID, realizations=REALIZATIONS)
     small = smallest_cases(channels=CHANNELS, grid=GRID, realizations=REALIZATIONS)
     if args.smallest_only:
         sample = []
     result = measure(sample + small, args.steps, args.repeats)
-    result.update(allocator=args.allocator, keep_freed_memory_applied=applied, n_sample=len(sample))
-    if args.profile:
-        result["invariance"] = invariance_checks(small, min(args.steps, 8))
-        result["breakdown"] = breakdown(small[0], args.steps) | {"steps": args.steps}
-        result["op_costs"] = op_costs(small[0], args.steps)
+    result.update(n_sample=len(sample), invariance=invariance_checks(small, min(args.steps, 8)))
+    result["breakdown"] = breakdown(small[0], args.steps) | {"steps": args.steps}
+    result["op_costs"] = op_costs(small[0], args.steps)
     print(json.dumps(result))
 
 
 # ----------------------------------------------------------------------------------------------------
-# Section 3: profile breakdown of one operator
+# Section 2: profile breakdown of one operator
 
 
 _CATEGORIES = [
@@ -377,31 +371,24 @@ def _cpu_timed(fn) -> float:
 # Parent: run the children, print the tables
 
 
-def run_child(args: argparse.Namespace, allocator: str, profile: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # the setting under test only
-    cmd = (
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            "--allocator",
-            allocator,
-            "--steps",
-            str(args.steps),
-            "--repeats",
-            str(args.repeats),
-            "--operators",
-            str(args.operators),
-            "--threads",
-            str(args.threads),
-        ]
-        + (["--profile"] if profile else [])
-        + (["--smallest-only"] if args.smallest_only else [])
-    )
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+def run_child(args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--steps",
+        str(args.steps),
+        "--repeats",
+        str(args.repeats),
+        "--operators",
+        str(args.operators),
+        "--threads",
+        str(args.threads),
+    ] + (["--smallest-only"] if args.smallest_only else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
-        raise SystemExit(f"child ({allocator}) failed with exit code {out.returncode}")
+        raise SystemExit(f"child failed with exit code {out.returncode}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -419,7 +406,7 @@ def print_efficiency(result: dict) -> None:
     )
     print(
         f"torch threads {result['torch_threads']}, engine: {structure}, T={result['steps']} steps, "
-        f"allocator {result['allocator']!r}, load average at the end: {result['load_average']}\n"
+        f"load average at the end: {result['load_average']}\n"
         f"available parallelism (2 threads vs 1 on matmuls, before/after each repetition): {parallelism}\n"
         "wall ms (medians). (c): the engine's convs alone in its thread structure; serial: the same on\n"
         "torch's intra-op threads, one realization after another; F.conv2d: (c) with F.conv2d for\n"
@@ -475,24 +462,6 @@ def print_efficiency(result: dict) -> None:
         )
 
 
-def print_allocator(keep: dict, default: dict) -> None:
-    def total(result: dict, measure_name: str, key: str) -> float:
-        return sum(c[key][measure_name] for c in result["cases"])
-
-    same = all(k["digests"] == d["digests"] for k, d in zip(keep["cases"], default["cases"], strict=True))
-    print(f"keep_freed_memory() applied in the 'keep' process: {keep['keep_freed_memory_applied']}")
-    print("  totals over every operator above, wall and process CPU time (seconds):")
-    for measure_name in ("bound", "bare", "generation"):
-        wall_k, wall_d = total(keep, measure_name, "median_s"), total(default, measure_name, "median_s")
-        cpu_k, cpu_d = total(keep, measure_name, "median_cpu_s"), total(default, measure_name, "median_cpu_s")
-        print(
-            f"  {measure_name:11} wall: default {wall_d:7.2f} keep {wall_k:7.2f} "
-            f"default/keep {wall_d / wall_k:.3f}   CPU: default {cpu_d:7.2f} keep {cpu_k:7.2f} "
-            f"default/keep {cpu_d / cpu_k:.3f}"
-        )
-    print(f"  digests identical with and without: {same}")
-
-
 def print_breakdown(b: dict) -> None:
     print(
         f"{b['label']} ({b['architecture']}), T={b.get('steps', '?')}: "
@@ -540,14 +509,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--operators", type=int, default=16, help="sampled operators (>= 16 for the report)")
-    parser.add_argument("--no-allocator", action="store_true", help="skip the run without keep_freed_memory")
     parser.add_argument("--smallest-only", action="store_true", help="time only the smallest architectures")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch.set_num_threads in the children (0: default)"
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--allocator", choices=("keep", "default"), default="keep", help=argparse.SUPPRESS)
-    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.operators, args.steps, args.repeats = 8, 16, 3
@@ -556,24 +522,17 @@ def main() -> None:
         return
 
     print(f"load average at start: {load_average()}")
-    keep = run_child(args, "keep", profile=True)
+    result = run_child(args)
     print(
         f"\n== 1. Rollout efficiency vs the conv-only lower bound "
         f"({GRID}x{GRID}, C={CHANNELS}, M={REALIZATIONS})"
     )
-    print_efficiency(keep)
-    if not args.no_allocator:
-        default = run_child(args, "default", profile=False)
-        print("\n== 2. Allocator: keep_freed_memory() vs glibc defaults (separate processes)")
-        print_allocator(keep, default)
-        print("  efficiency without keep_freed_memory():")
-        print_efficiency(default)
-    if "invariance" in keep:
-        print(f"\nbits at 64x64 (smallest operators): {keep['invariance']}")
-    print("\n== 3. Breakdown of the smallest operator's step: each op timed alone (thread CPU time)")
-    print_op_costs(keep["op_costs"])
+    print_efficiency(result)
+    print(f"\nbits at 64x64 (smallest operators): {result['invariance']}")
+    print("\n== 2. Breakdown of the smallest operator's step: each op timed alone (thread CPU time)")
+    print_op_costs(result["op_costs"])
     print("\n   ... and its generation rollout as the engine runs it (torch.profiler, all threads)")
-    print_breakdown(keep["breakdown"])
+    print_breakdown(result["breakdown"])
     print(f"\nload average at the end: {load_average()}")
 
 

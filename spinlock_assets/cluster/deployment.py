@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .services import HOST, PostgresServer, RedisServer
 
-__all__ = ["STARTUP_TIMEOUT_S", "STOP_TIMEOUT_S", "Deployment", "DeploymentError"]
+__all__ = ["STARTUP_TIMEOUT_S", "STOP_TIMEOUT_S", "Deployment", "DeploymentError", "session_processes"]
 
 STATE_FILE = "cluster.json"
 CELERY_APP = "spinlock_assets.cluster.celery_app"
@@ -158,7 +158,7 @@ class Deployment:
         return sorted(name for name in self.processes if name.startswith("worker-"))
 
     def alive(self, name: str) -> bool:
-        return bool(_session_pids(self.processes.get(name, -1)))
+        return bool(session_processes(self.processes.get(name, -1)))
 
     def wait_worker_ready(self, name: str, *, since: int = 0, timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Wait until worker ``name`` logs that it is ready (after byte ``since`` of its log)."""
@@ -184,10 +184,10 @@ class Deployment:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(session, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _session_pids(session) and time.monotonic() < deadline:
+        while session_processes(session) and time.monotonic() < deadline:
             time.sleep(0.1)
-        killed = [cmd for _, cmd in _session_pids(session)]
-        for pid, _ in _session_pids(session):
+        killed = [cmd for _, cmd in session_processes(session)]
+        for pid, _ in session_processes(session):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return killed
@@ -202,8 +202,9 @@ class Deployment:
         )
 
 
-def _session_pids(session: int) -> list[tuple[int, str]]:
-    """Live processes (not zombies) of process group or session ``session``: ``(pid, cmdline)``."""
+def session_processes(session: int) -> list[tuple[int, str]]:
+    """Live processes (not zombies) of process group or session ``session``: ``(pid, cmdline)``. A
+    process that left the group still counts while it stays in the session (``setsid`` children do not)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

@@ -54,6 +54,7 @@ _EXPORTS = {
     "replay_rollout": "verification",
     "verify": "verification",
     "verify_operator": "verification",
+    "ENGINE_VERSION": "fingerprint",
     "execution_fingerprint": "fingerprint",
 }
 

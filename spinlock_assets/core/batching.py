@@ -23,8 +23,10 @@ construction, provided every op of a step is per-sample invariant:
 - noise: realization m draws each hidden layer's noise ``[width, H, W]`` from its own generator into its
   own slot, in the same order as ``GeneratorNoise`` (per step, per hidden layer): the same numbers.
 
-Threads: the step's ops run on the calling thread with torch's intra-op threads (oneDNN convolution bits
-do not depend on the thread count; the other ops are per element or per (sample, channel) row). The noise
+Threads: the step's ops run on the calling thread with torch's intra-op threads. The other ops are per
+element or per (sample, channel) row, but MKL's matrix products in the narrow layers round differently on
+other thread counts (a one-channel output layer changed digests between 1, 2 and 3 threads), which is why
+this formulation is selectable and not the default (``rollout.default_formulation``). The noise
 draws (``normal_`` with a generator is single-threaded) run there too, one realization after another:
 sharing them out over the lanes' worker pool was built and measured slower (the batched engine took 1.27x
 the time on the 4 smallest architectures with the pool; ``benchmarks/bench_engine.py``), since each step

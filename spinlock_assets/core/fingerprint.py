@@ -1,12 +1,14 @@
 """The execution fingerprint: what a rollout's exact bits depend on besides the seeds and inputs.
 
-Measured here (torch 2.13 CPU, oneDNN): convolution bits are identical across processes and thread
-counts, and at a fixed batch size across neighbours and slots, but not across batch sizes for every
-shape; they change with the CPU capability torch dispatches to (``ATEN_CPU_CAPABILITY``) and with oneDNN
+Measured here (torch 2.13 CPU, oneDNN, MKL): a single-threaded convolution's bits are identical across
+processes, and at a fixed batch size across neighbours and slots, but not across batch sizes for every
+shape, and MKL's matrix products (the narrow output layers) give other bits on other intra-op thread
+counts; they change with the CPU capability torch dispatches to (``ATEN_CPU_CAPABILITY``) and with oneDNN
 disabled. On CUDA they depend on the GPU model and the library versions. The engine's formulation is
-recorded too (``formulation``: ``batched-<canonical batch>`` on the CPU, plus any layer shape whose
-start-up check fell back to batch-1 convolutions, see ``core/batching.py``), so data made under different
-formulations never compares as the same fingerprint. Replay under the same fingerprint must reproduce a
+recorded too (``formulation``: ``per_realization``, the default everywhere; ``batched-<canonical batch>``
+plus any layer shape whose start-up check fell back to batch-1 convolutions where the batched formulation
+is the default, see ``core/batching.py``), so data made under different formulations never compares as
+the same fingerprint. Replay under the same fingerprint must reproduce a
 digest exactly; under another one verification classifies the result instead of passing or failing
 silently.
 """
@@ -18,12 +20,18 @@ import json
 from importlib import metadata
 
 __all__ = [
+    "ENGINE_VERSION",
     "configure_determinism",
     "execution_fingerprint",
     "fingerprint_id",
     "inputs_fingerprint",
     "package_version",
 ]
+
+# Version of the rollout engine's numerics (operator, policies, noise order, batching, digest). Bump on any
+# change that alters a digest: stored digests then belong to the previous engine, and the code versions
+# built from it mark base features and every family stale.
+ENGINE_VERSION = "2.1.0"  # 2.1.0: the CPU default back to the per-realization formulation
 
 
 def package_version() -> str:
@@ -38,13 +46,14 @@ def execution_fingerprint(device: str = "cpu") -> dict[str, str]:
     import torch
 
     from .batching import formulation
+    from .rollout import default_formulation
 
     device_type = torch.device(device).type
     fingerprint = {
         "torch": str(torch.__version__),
         "device_type": device_type,
         "dtype": "float32",
-        "formulation": formulation(device),
+        "formulation": formulation(device) if default_formulation(device) == "batched" else "per_realization",
         "package": package_version(),
     }
     if device_type == "cuda":

@@ -9,18 +9,23 @@ non-finite step, and (only when asked) the full trajectories. Generation and rep
 How realizations are computed (``formulation``), and why the bits cannot depend on M, on which
 realizations share a batch, on the thread count or on scheduling:
 
-- ``"batched"`` (the CPU default, :mod:`.batching`): all realizations are stepped together, one batch per
-  layer, every convolution at a canonical batch size decided by the layer shape alone (unused slots hold
-  zeros); every op of a step is per-sample invariant (proven with bits, and checked per layer shape at
-  start-up), and each realization draws its noise from its own generator into its own slot. The step
-  runs on the calling thread with torch's intra-op threads (oneDNN convolution bits do not depend on the
-  thread count; the other ops are per-element or per-(sample, channel) row).
-- ``"per_realization"`` (:mod:`.lanes`; the default on other devices): realization m is stepped alone
+- ``"per_realization"`` (:mod:`.lanes`; the default on every device): realization m is stepped alone
   (batch 1) with its own noise generator. On the CPU the steps run on a pool of single-threaded workers,
-  one realization per worker at a time; on CUDA they run one after another on the calling thread, and
-  every step after the first replays a CUDA graph of the eager step (same kernels, same noise: the bits
-  do not change, see ``_CudaGraphStep``). CUDA stays on this formulation: batching there needs kernels
-  whose reduction order does not depend on the batch, which cuDNN does not promise (not built).
+  one realization per worker at a time (or on the calling thread when torch runs one thread: the same
+  single-threaded arithmetic), so no op's bits can depend on the intra-op thread count; on CUDA they run
+  one after another on the calling thread, and every step after the first replays a CUDA graph of the
+  eager step (same kernels, same noise: the bits do not change, see ``_CudaGraphStep``). CUDA stays on
+  this formulation: batching there needs kernels whose reduction order does not depend on the batch,
+  which cuDNN does not promise (not built).
+- ``"batched"`` (:mod:`.batching`, selectable, not the default): all realizations are stepped together,
+  one batch per layer, every convolution at a canonical batch size decided by the layer shape alone
+  (unused slots hold zeros); every op of a step is per-sample invariant (proven with bits, and checked per
+  layer shape at start-up), and each realization draws its noise from its own generator into its own
+  slot. Its bits do not depend on the batch, but the step runs on torch's intra-op threads, and MKL's
+  matrix products (the narrow output layers, ``operator._narrow_conv``) give other bits on other thread
+  counts: measured here, 10 of 40 operators of a C=1, 8x8 spec and 8 of 16 at 32x32 changed digests
+  between 1, 2 and 3 threads (the default space at C=3 did not). A Celery worker on one thread and a
+  notebook on two would then disagree, so it is not the default.
 
 ``run_rollout`` hashes realization m's states in step order, and computes F0 rows in chunks of whole steps
 (on the lanes' workers in the per-realization formulation); F0 rows are batch-invariant, so the chunking
@@ -73,8 +78,10 @@ FORMULATIONS = ("batched", "per_realization")
 
 
 def default_formulation(device: str | torch.device = "cpu") -> str:
-    """``"batched"`` on the CPU, ``"per_realization"`` elsewhere (see the module docstring)."""
-    return "batched" if torch.device(device).type == "cpu" else "per_realization"
+    """``"per_realization"`` on every device: its realizations compute on one intra-op thread each, so
+    their bits cannot depend on the thread count. The batched formulation's do (see the module docstring),
+    so it is selectable (``formulation="batched"``) but never the default."""
+    return "per_realization"
 
 
 def _advance_all(lanes: list[Lane], states: torch.Tensor, out: torch.Tensor) -> None:

@@ -50,7 +50,7 @@ def _silent(line: str) -> None:
 
 class RolloutResource(dg.ConfigurableResource):
     """The seeded rollout engine. Generation and replay both run through ``roll_out`` here, on one device,
-    with deterministic flags set and the allocator tuned (see ``core.allocator``)."""
+    with deterministic flags set."""
 
     device: str = "cpu"
     threads: int = 0  # 0 keeps torch's default (one per core)
@@ -61,13 +61,11 @@ class RolloutResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         import torch
 
-        from spinlock_assets.core.allocator import keep_freed_memory
         from spinlock_assets.core.fingerprint import configure_determinism
 
         if self.threads:
             torch.set_num_threads(self.threads)
         configure_determinism(self.device)
-        keep_freed_memory()
 
     def fingerprint(self) -> dict[str, str]:
         from spinlock_assets.core.fingerprint import execution_fingerprint

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from spinlock_assets.core.features.family import FeatureFamily
+from spinlock_assets.core.fingerprint import ENGINE_VERSION
 from spinlock_assets.core.generation import ParameterTable, generate_initial_conditions, operator_records
 from spinlock_assets.core.parameters import (
     HYPERPARAMETER_FIELDS,
@@ -31,7 +32,6 @@ from spinlock_assets.storage.errors import InitialConditionMismatchError
 from spinlock_assets.storage.layout import IC_FIELDS_REGENERATED
 
 __all__ = [
-    "ENGINE_VERSION",
     "base_feature_arrays",
     "family_arrays",
     "ic_digest",
@@ -41,10 +41,6 @@ __all__ = [
     "parameter_table",
     "stored_records",
 ]
-
-# Version of the rollout engine's numerics (operator, policies, noise order, digest). Bump on any change
-# that alters a digest: stored digests then belong to the previous engine.
-ENGINE_VERSION = "2.0.0"
 
 
 def ic_digest(field: np.ndarray) -> bytes:

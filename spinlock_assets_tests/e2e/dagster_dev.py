@@ -45,6 +45,8 @@ from gql import Client, gql
 from gql.transport.exceptions import TransportError
 from gql.transport.requests import RequestsHTTPTransport
 
+from spinlock_assets.cluster.deployment import session_processes
+
 __all__ = [
     "ASSET_JOB",
     "HOST",
@@ -52,8 +54,8 @@ __all__ = [
     "DagsterDevError",
     "Materialization",
     "dagster_dev",
+    "expect_typename",
     "free_port",
-    "session_processes",
 ]
 
 HOST = "127.0.0.1"
@@ -142,29 +144,12 @@ def poll(probe: Callable[[], T | None], *, timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-def session_processes(session_id: int) -> list[tuple[int, str]]:
-    """Live processes (not zombies) whose process group or session is ``session_id``: ``(pid, cmdline)``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:  # exited meanwhile
-            continue
-        # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses
-        state, _ppid, pgrp, session = stat[stat.rindex(")") + 2 :].split()[:4]
-        if state not in ("Z", "X") and session_id in (int(pgrp), int(session)):
-            found.append((int(entry.name), cmdline))
-    return found
-
-
 def _asset_path(key: str | Sequence[str]) -> list[str]:
     return key.split("/") if isinstance(key, str) else list(key)
 
 
-def _expect(result: Mapping[str, Any], typename: str, action: str) -> Mapping[str, Any]:
+def expect_typename(result: Mapping[str, Any], typename: str, action: str) -> Mapping[str, Any]:
+    """``result`` when the server answered ``typename``; ``DagsterDevError`` with its answer otherwise."""
     if result["__typename"] != typename:
         raise DagsterDevError(f"{action}: {result['__typename']}: {json.dumps(result, indent=1)[:4000]}")
     return result
@@ -273,7 +258,7 @@ class DagsterDev:
         def location_loaded() -> str | None:
             exited()
             data = self.graphql(_WORKSPACE)["workspaceOrError"]
-            for entry in _expect(data, "Workspace", "workspace")["locationEntries"]:
+            for entry in expect_typename(data, "Workspace", "workspace")["locationEntries"]:
                 if entry["loadStatus"] != "LOADED":
                     return None
                 location = entry["locationOrLoadError"]
@@ -405,7 +390,7 @@ class DagsterDev:
         else:
             params["partitionNames"] = list(partition_names)
         result = self.graphql(_LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
-        return _expect(result, "LaunchBackfillSuccess", "launchPartitionBackfill")["backfillId"]
+        return expect_typename(result, "LaunchBackfillSuccess", "launchPartitionBackfill")["backfillId"]
 
     def backfill(self, backfill_id: str) -> dict:
         """``{id, status, error, runs: [{runId, status, jobName, tags}]}`` of a backfill."""

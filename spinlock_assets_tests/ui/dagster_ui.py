@@ -8,6 +8,7 @@ pages refresh themselves) rather than sleeping.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -44,7 +45,9 @@ __all__ = [
 ]
 
 ARTIFACTS = REPO_ROOT / "artifacts" / "ui"
-DOC_IMAGES = REPO_ROOT / "docs" / "images"  # the screenshots the README shows, refreshed by the tests
+# The screenshots the README shows: refreshed by the tests when SPINLOCK_UPDATE_DOC_IMAGES=1, otherwise
+# written beside the other artifacts, so a test run leaves the checkout as it was.
+DOC_IMAGES = REPO_ROOT / "docs" / "images"
 RUN_TIMEOUT_S = 300
 LAUNCH_TIMEOUT_MS = 60_000
 BACKFILL_TIMEOUT_S = 420
@@ -64,8 +67,11 @@ def save_screenshot(page: Page, name: str) -> Path:
 
 
 def doc_screenshot(page: Page, name: str) -> Path:
-    """What the browser window shows (1400x900, not the full page) at ``docs/images/<name>.png``."""
-    path = DOC_IMAGES / f"{name}.png"
+    """What the browser window shows (1400x900, not the full page) at ``docs/images/<name>.png`` (with
+    ``SPINLOCK_UPDATE_DOC_IMAGES=1``; else ``artifacts/ui/docs/<name>.png``)."""
+    folder = DOC_IMAGES if os.environ.get("SPINLOCK_UPDATE_DOC_IMAGES") == "1" else ARTIFACTS / "docs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     settled(page)
     page.screenshot(path=str(path))
     return path

@@ -10,11 +10,19 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from dagster_graphql import ReloadRepositoryLocationStatus
+
 from spinlock_assets.core.shards import shard_ranges
 from spinlock_assets.core.spec import DatasetSpec, load_spec
 from spinlock_assets.defs.jobs import GENERATION_JOB
 from spinlock_assets_tests.conftest import tiny_spec
-from spinlock_assets_tests.e2e.dagster_dev import REPOSITORY_NAME, DagsterDev, DagsterDevError, poll
+from spinlock_assets_tests.e2e.dagster_dev import (
+    REPOSITORY_NAME,
+    DagsterDev,
+    DagsterDevError,
+    expect_typename,
+    poll,
+)
 
 __all__ = [
     "GENERATION_ASSETS",
@@ -33,14 +41,6 @@ GENERATION_ASSETS = ["operator_parameters", "initial_conditions", "base_features
 RUN_TIMEOUT_S = 300
 RELOAD_TIMEOUT_S = 120
 
-_RELOAD = """
-mutation($name: String!) {
-  reloadRepositoryLocation(repositoryLocationName: $name) {
-    __typename
-    ... on Error { message }
-  }
-}
-"""
 _PARTITION_KEYS = """
 query($key: AssetKeyInput!) {
   assetNodeOrError(assetKey: $key) {
@@ -84,16 +84,14 @@ def sha256_of(path: Path) -> str:
 def partition_keys(dev: DagsterDev, asset: str = "base_features") -> list[str]:
     """The partition keys the loaded code location defines for ``asset``."""
     result = dev.graphql(_PARTITION_KEYS, {"key": {"path": [asset]}})["assetNodeOrError"]
-    if result["__typename"] != "AssetNode":
-        raise DagsterDevError(f"asset node {asset}: {result}")
-    return list(result["partitionKeys"])
+    return list(expect_typename(result, "AssetNode", f"asset node {asset}")["partitionKeys"])
 
 
 def reload_location(dev: DagsterDev) -> None:
     """Reload the code location and wait until it defines the partitions of the spec file."""
-    result = dev.graphql(_RELOAD, {"name": dev.location_name})["reloadRepositoryLocation"]
-    if result["__typename"] != "WorkspaceLocationEntry":
-        raise DagsterDevError(f"reloadRepositoryLocation: {result}")
+    reloaded = dev.client.reload_repository_location(dev.location_name)
+    if reloaded.status != ReloadRepositoryLocationStatus.SUCCESS:
+        raise DagsterDevError(f"reload of {dev.location_name}: {reloaded.failure_type}: {reloaded.message}")
     wanted = shard_keys(current_spec(dev))
     poll(
         lambda: True if partition_keys(dev) == wanted else None,
@@ -126,6 +124,4 @@ def schedule_status(dev: DagsterDev, schedule: str) -> str:
         "scheduleName": schedule,
     }
     result = dev.graphql(_SCHEDULE_STATUS, {"selector": selector})["scheduleOrError"]
-    if result["__typename"] != "Schedule":
-        raise DagsterDevError(f"schedule {schedule}: {result}")
-    return result["scheduleState"]["status"]
+    return expect_typename(result, "Schedule", f"schedule {schedule}")["scheduleState"]["status"]

@@ -11,11 +11,12 @@ from collections.abc import Sequence
 import dagster as dg
 
 from spinlock_assets.core.features.family import FeatureFamily, Needs
+from spinlock_assets.core.fingerprint import ENGINE_VERSION
 from spinlock_assets.core.progress import Progress
 from spinlock_assets.figures import plots
 from spinlock_assets.storage.arrays import StoredArray
 from spinlock_assets.storage.layout import GENERATION_ASSETS
-from spinlock_assets.storage.operator_arrays import ENGINE_VERSION, family_arrays
+from spinlock_assets.storage.operator_arrays import family_arrays
 
 from ..constants import FEATURES_GROUP, OWNERS
 from ..io_manager import IO_MANAGER_KEY, ShardOutput

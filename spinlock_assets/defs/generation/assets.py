@@ -9,13 +9,12 @@ import dagster as dg
 
 from spinlock_assets.core.features.base import FAMILY as BASE
 from spinlock_assets.core.features.base import SERIES_FIELDS
-from spinlock_assets.core.fingerprint import inputs_fingerprint
+from spinlock_assets.core.fingerprint import ENGINE_VERSION, inputs_fingerprint
 from spinlock_assets.core.generation import generate_initial_conditions
 from spinlock_assets.core.generation import operator_parameters as draw_parameters
 from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.figures import plots
 from spinlock_assets.storage.operator_arrays import (
-    ENGINE_VERSION,
     base_feature_arrays,
     initial_condition_arrays,
     parameter_arrays,
