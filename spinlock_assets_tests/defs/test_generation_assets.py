@@ -108,6 +108,29 @@ def test_dataset_file_replays_every_operator_bit_exactly(tmp_path, instance):
     assert statuses == ["exact"] * 12
 
 
+def _dataset_metadata(result) -> dict:
+    (event,) = result.get_asset_materialization_events()
+    return {key: value.value for key, value in event.materialization.metadata.items()}
+
+
+def test_dataset_updates_read_only_new_shards_of_the_dataset_h5_the_instance_recorded(tmp_path, instance):
+    import h5py
+
+    defs = tiny_definitions(tiny_spec(), tmp_path)
+    generate(defs, instance, SHARDS[:2])
+    first = _dataset_metadata(materialize(defs, ["dataset"], instance))
+    assert (first["shard_files"], first["shard_files_read"]) == (6, 6)
+    assert first["sha256"] == file_sha256(tmp_path / "dataset.h5")
+    generate(defs, instance, SHARDS[2:])
+    second = _dataset_metadata(materialize(defs, ["dataset"], instance))
+    assert (second["shard_files"], second["shard_files_read"]) == (9, 3)  # the new shard's files only
+    assert second["shards_present"] == dict.fromkeys(GENERATION, 3)
+    with h5py.File(tmp_path / "dataset.h5", "r+") as handle:  # not the file the instance recorded
+        handle["/metadata"].attrs["note"] = "edited"
+    third = _dataset_metadata(materialize(defs, ["dataset"], instance))
+    assert third["shard_files_read"] == 9  # nothing kept from it: every shard read and checked again
+
+
 def test_missing_shard_is_masked_in_the_dataset_not_zero(tmp_path, instance):
     import h5py
 
