@@ -56,15 +56,26 @@ def graphql(url: str, query: str, variables: Mapping[str, Any] | None = None, ti
 
 
 def launch_backfill(
-    url: str, assets: Sequence[str], partitions: Sequence[str], *, tags: Mapping[str, str] | None = None
+    url: str,
+    assets: Sequence[str | Sequence[str]],
+    partitions: Sequence[str] | None,
+    *,
+    title: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> str:
-    """An asset backfill of ``assets`` over ``partitions`` (planned and launched by the daemon); its id."""
-    params = {
-        "assetSelection": [{"path": [asset]} for asset in assets],
-        "partitionNames": list(partitions),
-        "title": f"{', '.join(assets)} over {len(partitions)} shards",
+    """An asset backfill of ``assets`` (names, or key paths) over ``partitions`` (every partition when
+    ``None``), planned and launched by the daemon; its id. (dagster-graphql's client has no backfill
+    call: this is the UI's mutation.)"""
+    paths = [[asset] if isinstance(asset, str) else list(asset) for asset in assets]
+    params: dict[str, Any] = {
+        "assetSelection": [{"path": path} for path in paths],
+        "title": title or f"{', '.join('/'.join(p) for p in paths)} over {len(partitions or ())} shards",
         "tags": _tags(tags),
     }
+    if partitions is None:
+        params["allPartitions"] = True
+    else:
+        params["partitionNames"] = list(partitions)
     result = graphql(url, _LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
     if result["__typename"] != "LaunchBackfillSuccess":
         raise GraphQLError(f"launchPartitionBackfill: {result}")

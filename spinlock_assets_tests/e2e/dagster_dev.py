@@ -45,6 +45,7 @@ from gql import Client, gql
 from gql.transport.exceptions import TransportError
 from gql.transport.requests import RequestsHTTPTransport
 
+from spinlock_assets.cluster.client import GraphQLError, launch_backfill
 from spinlock_assets.cluster.deployment import session_processes
 
 __all__ = [
@@ -95,16 +96,6 @@ query {
       }
     }
     ... on Error { message }
-  }
-}
-"""
-_LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-    ... on PythonError { stack }
   }
 }
 """
@@ -379,18 +370,12 @@ class DagsterDev:
         tags: Mapping[str, str] | None = None,
     ) -> str:
         """Launch an asset backfill of ``asset_keys`` over ``partition_names`` (all partitions when
-        ``None``); the backfill id. (The GraphQL client has no backfill call: this is the UI's mutation.)"""
-        params: dict[str, Any] = {
-            "assetSelection": [{"path": _asset_path(key)} for key in asset_keys],
-            "title": title,
-            "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
-        }
-        if partition_names is None:
-            params["allPartitions"] = True
-        else:
-            params["partitionNames"] = list(partition_names)
-        result = self.graphql(_LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
-        return expect_typename(result, "LaunchBackfillSuccess", "launchPartitionBackfill")["backfillId"]
+        ``None``) through the deployment's client (the UI's mutation); the backfill id."""
+        paths = [_asset_path(key) for key in asset_keys]
+        try:
+            return launch_backfill(self.url, paths, partition_names, title=title, tags=tags)
+        except GraphQLError as error:
+            raise DagsterDevError(str(error)) from error
 
     def backfill(self, backfill_id: str) -> dict:
         """``{id, status, error, runs: [{runId, status, jobName, tags}]}`` of a backfill."""
