@@ -13,9 +13,9 @@ simple upper-bound-ish figures (float32 everywhere):
 A third estimate, of time, sizes Dagster runs (``estimated_operator_seconds``): the generation of one
 operator on a CPU, from the spec's mean architecture; it only has to be right within a factor of ~2.
 
-Memory and disk are compared with the machine's physical memory (``os.sysconf``) and the free space of
-the data root's file system (``shutil.disk_usage``); a spec that does not fit is refused with a ``SpecError`` naming
-the fields and giving the numbers. Memory is checked where the definitions are built; disk, which
+Memory and disk are compared with the machine's physical memory (``os.sysconf``) and the free space of the
+data root's file system (``shutil.disk_usage``); a spec that does not fit is refused with a ``SpecError``
+naming the fields and giving the numbers. Memory is checked where the definitions are built; disk, which
 changes, by the main job before its runs (a full disk must not stop the code location from loading).
 """
 

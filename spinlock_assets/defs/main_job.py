@@ -1,10 +1,11 @@
 """The main job on the embedded default: generate the default dataset through Dagster, verify a sample.
 
 Runs every missing shard of the generation job in-process against a persistent local Dagster instance
-(``./dagster_home``), consecutive shards together in runs sized by work (``defs/ranges.py``), so the
-runs, materializations and lineage are there when the UI is opened; replays every feature family already materialized on the shards that lack it; updates
-``data/dataset.h5``; replays a sample of operators from that file alone and checks their digests bit
-for bit. Re-running it skips shards that are already materialized.
+(``./dagster_home``), consecutive shards together in runs sized by work (``defs/ranges.py``), so the runs,
+materializations and lineage are there when the UI is opened; replays every feature family already
+materialized on the shards that lack it; updates ``data/dataset.h5``; replays a sample of operators from
+that file alone and checks their digests bit for bit. Re-running it skips shards that are already
+materialized.
 
 Growing a dataset is this one command: ``--grow-to N`` raises the spec's ``n_operators`` (written back to
 ``$SPINLOCK_SPEC``, or to ``./spinlock_spec.json`` for the embedded default), and the same pass then
