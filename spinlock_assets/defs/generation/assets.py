@@ -14,6 +14,7 @@ from spinlock_assets.core.features.base import SERIES_FIELDS
 from spinlock_assets.core.fingerprint import ENGINE_VERSION, inputs_fingerprint
 from spinlock_assets.core.generation import generate_initial_conditions
 from spinlock_assets.core.generation import operator_parameters as draw_parameters
+from spinlock_assets.core.progress import Progress
 from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.figures import plots
 from spinlock_assets.storage.operator_arrays import (
@@ -128,13 +129,22 @@ def build_generation_assets(
         during the one seeded generation rollout of each operator."""
         keys = list(context.partition_keys)
         parameters, fields = shards_of(operator_parameters, keys), shards_of(initial_conditions, keys)
+        # One progress line for the run's operators (counts, rate, ETA), not one per shard.
+        total, done = sum(len(parse_shard_key(key)) for key in keys), 0
+        progress = Progress(emit=context.log.info)
 
         def shard(key: str) -> dict[str, ShardResult]:
+            nonlocal done
             records = load_records(dataset, parameters[key], fields[key])
             started = time.perf_counter()
             rollouts = list(
-                rollout.roll_out(records, keep_trajectories=dataset.spec.store_trajectories, log=context.log)
+                rollout.roll_out(
+                    records,
+                    keep_trajectories=dataset.spec.store_trajectories,
+                    progress=lambda finished, _, before=done: progress(before + finished, total),
+                )
             )
+            done += len(records)
             seconds = time.perf_counter() - started
             diverged = [r.index for r, result in zip(records, rollouts, strict=True) if result.diverged]
             if diverged:
@@ -164,6 +174,7 @@ def build_generation_assets(
                 )
             return {"result": ShardResult(ShardOutput(arrays, fingerprint=rollout.fingerprint()), metadata)}
 
-        yield from materialize_shards(context, dataset, ((key, shard(key)) for key in keys))
+        with progress:
+            yield from materialize_shards(context, dataset, ((key, shard(key)) for key in keys))
 
     return [operator_parameters, initial_conditions, base_features]
