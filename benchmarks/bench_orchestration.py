@@ -30,7 +30,8 @@ from pathlib import Path
 import dagster as dg
 
 from spinlock_assets.core.spec import DEFAULT_SPEC_PATH, DatasetSpec, ParameterSpace, load_spec
-from spinlock_assets.defs.main_job import console_config
+from spinlock_assets.defs.main_job import consecutive, console_config, partition_args
+from spinlock_assets.defs.ranges import RUN_SECONDS, shards_per_run
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # Output(data_version=...), once per shard
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -97,19 +98,23 @@ def direct(spec: DatasetSpec, root: Path) -> float:
     return time.perf_counter() - started
 
 
-def through_dagster(spec: DatasetSpec, root: Path) -> float:
-    """One in-process run of the generation job per shard, on a temporary persistent instance."""
+def through_dagster(spec: DatasetSpec, root: Path, run_seconds: float = RUN_SECONDS) -> tuple[float, int]:
+    """In-process runs of the generation job as the main job launches them (consecutive shards in runs
+    of ``run_seconds`` of estimated work; 0: one run per shard), on a temporary persistent instance;
+    seconds and runs."""
     from spinlock_assets.definitions import build_definitions
 
-    defs = build_definitions(spec, root)
+    defs = build_definitions(spec, root, run_seconds=run_seconds)
     job = defs.resolve_job_def("generate_shards")
+    keys = job.partitions_def.get_partition_keys()
+    runs = consecutive(keys, keys, shards_per_run(spec, run_seconds))
     with dg.instance_for_test() as instance:
         started = time.perf_counter()
-        for key in job.partitions_def.get_partition_keys():
+        for shards in runs:
             assert job.execute_in_process(
-                partition_key=key, instance=instance, run_config=console_config("WARNING")
+                instance=instance, run_config=console_config("WARNING"), **partition_args(shards)
             ).success
-        return time.perf_counter() - started
+        return time.perf_counter() - started, len(runs)
 
 
 def through_daemon(spec: DatasetSpec, directory: Path) -> tuple[float, float, float]:
@@ -144,7 +149,7 @@ def overhead(repeats: int, daemon: bool) -> None:
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
             rows["direct"].append(direct(spec, Path(tmp) / "direct"))
-            rows["dagster in-process"].append(through_dagster(spec, Path(tmp) / "dagster"))
+            rows["dagster in-process"].append(through_dagster(spec, Path(tmp) / "dagster")[0])
             if daemon:
                 runs_done, completed, runs_only = through_daemon(spec, Path(tmp) / "daemon")
                 rows["daemon backfill, last run ended"].append(runs_done)
@@ -184,7 +189,7 @@ def scaling(repeats: int) -> None:
 
     def timed_run(n: int) -> float:
         with tempfile.TemporaryDirectory() as tmp:
-            return through_dagster(spec_of(n), Path(tmp))
+            return through_dagster(spec_of(n), Path(tmp))[0]
 
     timed_run(64)  # warm-up: imports, torch's first kernels, the worker pool
     print(

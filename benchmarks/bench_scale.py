@@ -1,15 +1,16 @@
 """Scale figures at N = 1K and 10K operators (100K with ``--full``). Prints one table row per figure.
 
-    python benchmarks/bench_scale.py [--full] [--dagster-at 1000]
+    python benchmarks/bench_scale.py [--full] [--dagster-at 1000] [--daemon-at 0] [--only N]
 
-Tiny spec (8x8 grid, C=1, T=4, M=1, 2 layers, width 16, kernel 3, shards of 32), as in issue #13.
-For each N: the generation done directly (``core`` + ``storage``, replay check included) in ms/operator,
-and through Dagster in-process, one run per shard, for N <= ``--dagster-at`` (runs launched, runs/s,
-ratio); a verification tick against an instance holding N/32 materialized shards (runs requested, ms);
-``dataset.h5`` full rebuild (manifests, no previous file) and update after one shard is rewritten;
-``open_dataset(...).operator(i)`` (median of 50 random i). Once: definitions load at N = 1M, peak RSS,
-load average. Ratios are measured in the same invocation; the machine is shared, so absolute times
-vary with the load printed at the end.
+Tiny spec (8x8 grid, C=1, T=4, M=1, 2 layers, width 16, kernel 3, shards of 32), as in issue #13. For each
+N: the generation done directly (``core`` + ``storage``, replay check included) in ms/operator, and
+through Dagster in-process for N <= ``--dagster-at``, in runs sized by work (as the main job and backfills
+run) and one run per shard (runs launched, ratio to direct), and as an asset backfill on a real ``dagster
+dev`` daemon for N <= ``--daemon-at``; a verification tick against an instance holding N/32 materialized
+shards (runs requested, ms); ``dataset.h5`` full rebuild (manifests, no previous file) and update after
+one shard is rewritten; ``open_dataset(...).operator(i)`` (median of 50 random i). Once: definitions load
+at N = 1M, peak RSS, load average. Ratios are measured in the same invocation; the machine is shared, so
+absolute times vary with the load printed at the end.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_orchestration import direct, through_dagster  # noqa: E402
+from bench_orchestration import direct, through_daemon, through_dagster  # noqa: E402
+
+from spinlock_assets.defs.ranges import RUN_SECONDS  # noqa: E402
 
 SHARD_SIZE = 32
+PER_SHARD_RUNS_UP_TO = 1_000  # one run per shard costs ~3 s a run here: the comparison only up to this N
 TINY_SPACE = ParameterSpace(widths=(16,), kernel_sizes=(3,), n_layers=(2, 2))
 
 
@@ -58,7 +62,7 @@ def row(what: str, n: int, figure: str) -> None:
     print(f"| {what} | {n:,} | {figure} |", flush=True)
 
 
-def generation(spec: DatasetSpec, root: Path, with_dagster: bool) -> None:
+def generation(spec: DatasetSpec, root: Path, with_dagster: bool, daemon: bool) -> None:
     seconds = direct(spec, root / "direct")
     row(
         "generation, direct",
@@ -66,13 +70,24 @@ def generation(spec: DatasetSpec, root: Path, with_dagster: bool) -> None:
         f"{seconds:.1f} s, {1000 * seconds / spec.n_operators:.2f} ms/op",
     )
     if with_dagster:
-        runs = spec.n_operators // spec.shard_size
-        through = through_dagster(spec, root / "dagster")
+        sizes = [("runs sized by work", RUN_SECONDS)]
+        if spec.n_operators <= PER_SHARD_RUNS_UP_TO:
+            sizes.append(("one run per shard", 0))
+        for what, run_seconds in sizes:
+            through, runs = through_dagster(spec, root / f"dagster-{run_seconds}", run_seconds)
+            row(
+                f"generation, Dagster in-process ({what})",
+                spec.n_operators,
+                f"{through:.1f} s, {1000 * through / spec.n_operators:.2f} ms/op, {runs} runs, "
+                f"ratio {through / seconds:.2f}",
+            )
+    if daemon:
+        last_run_end, completed, _ = through_daemon(spec, root / "daemon")
         row(
-            "generation, Dagster in-process (one run per shard)",
+            "generation, daemon backfill on dagster dev (runs sized by work)",
             spec.n_operators,
-            f"{through:.1f} s, {1000 * through / spec.n_operators:.2f} ms/op, {runs} runs, "
-            f"{runs / through:.2f} runs/s, ratio {through / seconds:.2f}",
+            f"last run ended after {last_run_end:.1f} s (ratio {last_run_end / seconds:.2f}), backfill "
+            f"COMPLETED after {completed:.1f} s (ratio {completed / seconds:.2f})",
         )
 
 
@@ -217,6 +232,10 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also N = 100K (tens of minutes)")
     parser.add_argument("--dagster-at", type=int, default=1_000, help="largest N run through Dagster too")
     parser.add_argument(
+        "--daemon-at", type=int, default=0, help="largest N also backfilled through a real dagster dev"
+    )
+    parser.add_argument("--only", type=int, help="only this N (rounded down to whole shards)")
+    parser.add_argument(
         "--files", type=int, help="only dataset.h5 and operator(i) over this many synthetic files"
     )
     parser.add_argument("--definitions-only", action="store_true", help="only the definitions load at N = 1M")
@@ -233,12 +252,12 @@ def main() -> None:
             consolidation(spec, Path(directory))
         return
     print("| figure | N | value |\n|---|---|---|")
-    for n in (1_000, 10_000, *((100_000,) if args.full else ())):
+    for n in (args.only,) if args.only else (1_000, 10_000, *((100_000,) if args.full else ())):
         n -= n % SHARD_SIZE  # whole shards: 992, 9,984, 99,968
         spec = tiny_spec(n)
         with tempfile.TemporaryDirectory() as directory:
             root = Path(directory)
-            generation(spec, root, with_dagster=n <= args.dagster_at)
+            generation(spec, root, with_dagster=n <= args.dagster_at, daemon=n <= args.daemon_at)
             verification_tick(spec, root)
             consolidation(spec, root)
     definitions_load(1_000_000 - 1_000_000 % SHARD_SIZE)

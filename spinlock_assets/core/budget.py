@@ -10,9 +10,12 @@ simple upper-bound-ish figures (float32 everywhere):
 - disk of one shard: the base series and summary, digests, the ICs when stored and the trajectories
   when stored, per operator, times ``shard_size``.
 
-They are compared with the machine's physical memory (``os.sysconf``) and the free space of the data
-root's file system (``shutil.disk_usage``); a spec that does not fit is refused with a ``SpecError`` naming
-the fields and giving the numbers. Memory is checked where the definitions are built; disk, which
+A third estimate, of time, sizes Dagster runs (``estimated_operator_seconds``): the generation of one
+operator on a CPU, from the spec's mean architecture; it only has to be right within a factor of ~2.
+
+Memory and disk are compared with the machine's physical memory (``os.sysconf``) and the free space of the
+data root's file system (``shutil.disk_usage``); a spec that does not fit is refused with a ``SpecError``
+naming the fields and giving the numbers. Memory is checked where the definitions are built; disk, which
 changes, by the main job before its runs (a full disk must not stop the code location from loading).
 """
 
@@ -24,7 +27,14 @@ from pathlib import Path
 
 from .spec import DatasetSpec, SpecError
 
-__all__ = ["check_disk", "check_memory", "physical_memory_bytes", "rollout_bytes", "shard_bytes"]
+__all__ = [
+    "check_disk",
+    "check_memory",
+    "estimated_operator_seconds",
+    "physical_memory_bytes",
+    "rollout_bytes",
+    "shard_bytes",
+]
 
 _FLOAT = 4
 _SERIES_COLUMNS = 10
@@ -53,6 +63,30 @@ def shard_bytes(spec: DatasetSpec) -> int:
     if spec.store_trajectories:
         per_operator += _FLOAT * m * t * c * h * w
     return per_operator * spec.shard_size
+
+
+# Generation time of one operator = per operator + M*T * (per realization-step + per conv MAC). Fitted
+# on the 2-core benchmark machine (2 torch threads, oneDNN) to direct generation (parameters, ICs,
+# rollout with inline features, writes) of three specs: 8x8 C=1 T=4 M=1 (3.9 ms/op), 32x32 C=3 T=16 M=2
+# 2x16x3 (21.9 ms/op) and the default spec (296 ms/op).
+_SECONDS_PER_OPERATOR = 1.5e-3
+_SECONDS_PER_REALIZATION_STEP = 0.6e-3
+_SECONDS_PER_MAC = 1.6e-11
+
+
+def estimated_operator_seconds(spec: DatasetSpec) -> float:
+    """Estimated CPU seconds to generate one operator of ``spec``, at the parameter space's mean
+    architecture (mean layer count, mean squared width, mean squared kernel size)."""
+    space = spec.parameter_space
+    layers = sum(space.n_layers) / 2
+    width = sum(space.widths) / len(space.widths)
+    width_squared = sum(w * w for w in space.widths) / len(space.widths)
+    taps = sum(k * k for k in space.kernel_sizes) / len(space.kernel_sizes)
+    # sizes [C, w, ..., w, C]: two convs C<->w and (layers - 2) convs w->w
+    macs_per_pixel = taps * (2 * spec.channels * width + max(layers - 2, 0) * width_squared)
+    macs_per_step = macs_per_pixel * spec.height * spec.width
+    steps = spec.realizations * spec.steps
+    return _SECONDS_PER_OPERATOR + steps * (_SECONDS_PER_REALIZATION_STEP + _SECONDS_PER_MAC * macs_per_step)
 
 
 def physical_memory_bytes() -> int:

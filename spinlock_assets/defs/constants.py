@@ -13,6 +13,7 @@ SPEC_ENV_VAR = "SPINLOCK_SPEC"
 DATA_ROOT_ENV_VAR = "SPINLOCK_DATA_ROOT"
 PLUGINS_ENV_VAR = "SPINLOCK_PLUGINS"  # modules that register extra feature families
 DEVICE_ENV_VAR = "SPINLOCK_DEVICE"  # torch device of the rollouts (a Celery worker's device kind)
+RUN_SECONDS_ENV_VAR = "SPINLOCK_RUN_SECONDS"  # estimated work per backfill run (0: one shard per run)
 DEFAULT_DATA_ROOT = "data"
 
 OWNERS = ["team:operator-datasets"]

@@ -1,10 +1,11 @@
 """The main job on the embedded default: generate the default dataset through Dagster, verify a sample.
 
 Runs every missing shard of the generation job in-process against a persistent local Dagster instance
-(``./dagster_home``), so the runs, materializations and lineage are there when the UI is opened;
-replays every feature family already materialized on the shards that lack it; updates
-``data/dataset.h5``; replays a sample of operators from that file alone and checks their digests bit
-for bit. Re-running it skips shards that are already materialized.
+(``./dagster_home``), consecutive shards together in runs sized by work (``defs/ranges.py``), so the runs,
+materializations and lineage are there when the UI is opened; replays every feature family already
+materialized on the shards that lack it; updates ``data/dataset.h5``; replays a sample of operators from
+that file alone and checks their digests bit for bit. Re-running it skips shards that are already
+materialized.
 
 Growing a dataset is this one command: ``--grow-to N`` raises the spec's ``n_operators`` (written back to
 ``$SPINLOCK_SPEC``, or to ``./spinlock_spec.json`` for the embedded default), and the same pass then
@@ -27,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["console_config", "main"]
+__all__ = ["console_config", "consecutive", "main", "partition_args"]
 
 PROG = "main job"
 DATA_ROOT_LOCK = ".main_job.lock"
@@ -49,6 +50,29 @@ def _run_error(result) -> str:
             cause = error.cause or error
             return " ".join(f"{cause.cls_name}: {cause.message}".split())
     return "the run failed (see its logs in the UI)"
+
+
+def consecutive(shards: list[str], all_keys: list[str], per_run: int) -> list[list[str]]:
+    """``shards`` (in partition order) cut into runs of at most ``per_run`` shards that are consecutive in
+    ``all_keys``: a ranged run covers a contiguous range of partitions."""
+    position = {key: i for i, key in enumerate(all_keys)}
+    runs: list[list[str]] = []
+    for key in shards:
+        last = runs[-1][-1] if runs else None
+        if last is not None and position[key] == position[last] + 1 and len(runs[-1]) < per_run:
+            runs[-1].append(key)
+        else:
+            runs.append([key])
+    return runs
+
+
+def partition_args(shards: list[str]) -> dict[str, Any]:
+    """``execute_in_process`` arguments of a run over ``shards``: a partition key, or a range's tags."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    if len(shards) == 1:
+        return {"partition_key": shards[0]}
+    return {"tags": {ASSET_PARTITION_RANGE_START_TAG: shards[0], ASSET_PARTITION_RANGE_END_TAG: shards[-1]}}
 
 
 def _grow_spec(n_operators: int) -> None:
@@ -155,24 +179,34 @@ def _generate_and_verify(defs: Any, dataset: Any, args: argparse.Namespace) -> i
             f"dataset '{spec.name}': {spec.n_operators} operators in {len(keys)} shards "
             f"({len(done & set(keys))} already materialized); spec hash {spec.spec_hash}"
         )
-        runs = [(generation, key) for key in keys if key not in done]
+        # Runs sized by work: consecutive shards in ranges of the backfill policy's size (defs/ranges.py).
+        per_run = defs.resolve_asset_graph().get(dg.AssetKey(BASE_FEATURES_ASSET)).backfill_policy
+        per_run = per_run.max_partitions_per_run or len(keys)
+        runs = [
+            (generation, shards) for shards in consecutive([k for k in keys if k not in done], keys, per_run)
+        ]
         # Families materialized on some shard are replayed on the shards that lack them (after --grow-to),
         # all of a shard's missing families in one run: one replay of each operator feeds them all.
         features = defs.resolve_job_def(FEATURES_JOB)
         families = dg.AssetSelection.groups(FEATURES_GROUP).resolve(defs.resolve_asset_graph())
         materialized = {family: instance.get_materialized_partitions(family) for family in families}
         materialized = {family: shards for family, shards in materialized.items() if shards}
+        by_missing: dict[frozenset, list[str]] = {}
         for key in keys:
-            missing = {family for family, shards in materialized.items() if key not in shards}
+            missing = frozenset(family for family, shards in materialized.items() if key not in shards)
             if missing:
-                runs.append((features.get_subset(asset_selection=missing), key))
-        for number, (job, key) in enumerate(runs, start=1):
+                by_missing.setdefault(missing, []).append(key)
+        for missing, lacking in by_missing.items():
+            subset = features.get_subset(asset_selection=set(missing))
+            runs += [(subset, shards) for shards in consecutive(lacking, keys, per_run)]
+        for number, (job, shards) in enumerate(runs, start=1):
             result = job.execute_in_process(
-                partition_key=key, instance=instance, raise_on_error=False, run_config=quiet
+                instance=instance, raise_on_error=False, run_config=quiet, **partition_args(shards)
             )
             status = "ok" if result.success else f"FAILED: {_run_error(result)}"
             elapsed = time.perf_counter() - started
-            print(f"  [{number}/{len(runs)}] {job.name} {key}: {status} ({elapsed:.0f} s)")
+            what = shards[0] if len(shards) == 1 else f"{shards[0]} .. {shards[-1]} ({len(shards)} shards)"
+            print(f"  [{number}/{len(runs)}] {job.name} {what}: {status} ({elapsed:.0f} s)")
             if not result.success:
                 return 1
         result = defs.resolve_job_def(DATASET_JOB).execute_in_process(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -86,19 +86,23 @@ class RolloutResource(dg.ConfigurableResource):
         return operator
 
     def roll_out(
-        self, records: list[OperatorRecord], *, keep_trajectories: bool = False, log: Any = None
+        self,
+        records: list[OperatorRecord],
+        *,
+        keep_trajectories: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Iterator[Any]:
-        """Yield one :class:`RolloutRecord` per record, logging progress (done/total, rate, ETA)."""
+        """Yield one :class:`RolloutRecord` per record, reporting ``progress(done, total)`` (a
+        ``core.progress.Progress`` logs counts, rate and ETA)."""
         from spinlock_assets.core.generation import roll_out
 
-        with Progress(emit=log.info if log is not None else _silent) as progress:
-            yield from roll_out(
-                records,
-                device=self.device,
-                keep_trajectories=keep_trajectories,
-                progress=progress,
-                build_operator=self.build_operator,
-            )
+        yield from roll_out(
+            records,
+            device=self.device,
+            keep_trajectories=keep_trajectories,
+            progress=progress,
+            build_operator=self.build_operator,
+        )
 
     def verify(
         self, records: list[OperatorRecord], *, log: Any = None, stored_features: Any = None

@@ -1,11 +1,10 @@
-"""What every shard asset shares: loading a shard's replayable records, returning its output with a content
-data version, the preview image shown in the UI's metadata panel, and the sha256 its materializations
-recorded."""
+"""What every shard asset shares: loading a shard's replayable records, the preview image shown in the UI's
+metadata panel, and reading back what its materializations recorded."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -13,7 +12,6 @@ import numpy as np
 
 from spinlock_assets.storage.operator_arrays import stored_records
 
-from .io_manager import ShardOutput
 from .resources import DatasetResource
 
 if TYPE_CHECKING:
@@ -21,7 +19,15 @@ if TYPE_CHECKING:
     from spinlock_assets.figures.plots import Preview
     from spinlock_assets.storage import ShardContents, ShardStore
 
-__all__ = ["arrays_of", "finite_mean", "load_records", "preview", "recorded_sha256", "shard_output"]
+__all__ = [
+    "arrays_of",
+    "finite_mean",
+    "load_records",
+    "newest_first",
+    "preview",
+    "recorded_sha256",
+    "shards_of",
+]
 
 _PARTITIONS_PER_QUERY = 500  # partition keys bound in one query (SQLite limits bound variables)
 
@@ -62,10 +68,30 @@ def finite_mean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def shard_output(output: ShardOutput, **metadata: Any) -> dg.Output:
-    """The shard's output, versioned by its content: a bit-identical re-materialization keeps downstream
-    assets fresh."""
-    return dg.Output(output, data_version=dg.DataVersion(output.content_version), metadata=metadata)
+def shards_of(loaded: Any, shard_keys: list[str]) -> Any:
+    """An upstream input by shard key: the IO manager loads one shard as its contents and a range as a
+    mapping (``io_manager.load_input``)."""
+    return {shard_keys[0]: loaded} if len(shard_keys) == 1 else loaded
+
+
+def newest_first(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, shard_keys: Iterable[str]
+) -> Iterator[dg.EventLogRecord]:
+    """Materialization records of ``shard_keys`` of ``asset_key``, newest first within each chunk of keys.
+    Queries those partitions only, so the cost is the number of keys asked for, not the number of
+    partitions the asset has."""
+    keys = sorted(set(shard_keys))
+    for first in range(0, len(keys), _PARTITIONS_PER_QUERY):
+        records_filter = dg.AssetRecordsFilter(
+            asset_key=asset_key, asset_partitions=keys[first : first + _PARTITIONS_PER_QUERY]
+        )
+        cursor = None
+        while True:
+            page = instance.fetch_materializations(records_filter, limit=1000, cursor=cursor)
+            yield from page.records
+            if not page.has_more:
+                break
+            cursor = page.cursor
 
 
 def recorded_sha256(
@@ -73,25 +99,13 @@ def recorded_sha256(
 ) -> dict[str, str]:
     """``shard_key -> sha256`` recorded by the latest materialization of each of ``shard_keys`` of ``asset``
     whose file is the one in ``store`` (an instance may have materialized the same asset under another data
-    root); shards never materialized there are absent. Queries those partitions' records only, so the
-    cost is the number of keys asked for, not the number of partitions the asset has."""
+    root); shards never materialized there are absent."""
     recorded: dict[str, str] = {}
-    keys = sorted(set(shard_keys))
-    for first in range(0, len(keys), _PARTITIONS_PER_QUERY):
-        chunk = keys[first : first + _PARTITIONS_PER_QUERY]
-        records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=chunk)
-        cursor = None
-        while True:  # newest first, so the first record of this root seen per partition is its latest
-            page = instance.fetch_materializations(records_filter, limit=1000, cursor=cursor)
-            for record in page.records:
-                event = record.asset_materialization
-                if event is None or event.partition in recorded or "sha256" not in event.metadata:
-                    continue
-                path = event.metadata.get("path")
-                if path is None or str(path.value) != str(store.path(asset, event.partition)):
-                    continue
-                recorded[event.partition] = str(event.metadata["sha256"].value)
-            if not page.has_more:
-                break
-            cursor = page.cursor
+    for record in newest_first(instance, dg.AssetKey(asset), shard_keys):
+        event = record.asset_materialization
+        if event is None or event.partition in recorded or "sha256" not in event.metadata:
+            continue
+        path = event.metadata.get("path")
+        if path is not None and str(path.value) == str(store.path(asset, event.partition)):
+            recorded[event.partition] = str(event.metadata["sha256"].value)
     return recorded

@@ -11,16 +11,26 @@ import signal
 import subprocess
 import sys
 
+import dagster as dg
 import pytest
 import yaml
 
 from spinlock_assets.defs.instance import INSTANCE_YAML
 from spinlock_assets.defs.jobs import GENERATION_JOB
 from spinlock_assets.storage import ShardStore
+from spinlock_assets.storage.store import pid_alive
 from spinlock_assets_tests.conftest import tiny_spec
 from spinlock_assets_tests.defs.helpers import GENERATION, SHARDS
 from spinlock_assets_tests.e2e.dagster_dev import REPO_ROOT, DagsterDev, poll
 from spinlock_assets_tests.faults.helpers import temp_files
+
+
+def _worker_pid(dagster_home, run_id: str) -> int:
+    """The pid of the run's worker process, from its engine events."""
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        events = instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+    pids = [e.dagster_event.engine_event_data.metadata.get("pid") for e in events]
+    return int([pid for pid in pids if pid is not None][-1].value)
 
 
 def _monitoring_yaml() -> str:
@@ -45,6 +55,10 @@ def test_a_run_killed_with_dagster_dev_is_failed_by_monitoring_after_restart(tmp
         first.process.wait(timeout=30)
         first._stopped = True
         first._log_file.close()
+    # The run worker may outlive the process group by a moment (another group, or not reaped yet): the
+    # claim is about reopening once it is gone.
+    worker = _worker_pid(first.dagster_home, run_id)
+    poll(lambda: not pid_alive(worker) or None, timeout=60, what=f"run worker {worker} to exit")
     reopened = subprocess.run(
         [sys.executable, "-m", "spinlock_assets.defs.instance", str(first.dagster_home)],
         capture_output=True,

@@ -6,7 +6,7 @@ family marks exactly that family stale.
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 
@@ -20,8 +20,9 @@ from spinlock_assets.storage.operator_arrays import family_arrays
 
 from ..constants import FEATURES_GROUP, OWNERS
 from ..io_manager import IO_MANAGER_KEY, ShardOutput
+from ..ranges import ShardResult, materialize_shards
 from ..resources import DatasetResource, RolloutResource
-from ..shard_assets import load_records, preview
+from ..shard_assets import load_records, preview, shards_of
 
 __all__ = ["build_feature_assets", "family_asset_name"]
 
@@ -47,10 +48,14 @@ def _kinds(family: FeatureFamily) -> set[str]:
 
 
 def build_feature_assets(
-    partitions: dg.PartitionsDefinition, families: Sequence[FeatureFamily], rollout_pool: str | None = None
+    partitions: dg.PartitionsDefinition,
+    families: Sequence[FeatureFamily],
+    backfill_policy: dg.BackfillPolicy | None = None,
+    rollout_pool: str | None = None,
 ) -> list[dg.AssetsDefinition]:
-    """The multi-asset computing ``families`` (``FeatureFamily`` objects) per shard; its replays run in
-    ``rollout_pool`` (the GPU pool when rollouts run on a GPU)."""
+    """The multi-asset computing ``families`` (``FeatureFamily`` objects) per shard, one shard or a range of
+    them per run (``backfill_policy``, ``defs/ranges.py``); its replays run in ``rollout_pool`` (the GPU
+    pool when rollouts run on a GPU)."""
     if not families:
         return []
     by_asset = {family_asset_name(f.name): f for f in families}
@@ -73,6 +78,7 @@ def build_feature_assets(
         outs=outs,
         can_subset=True,
         partitions_def=partitions,
+        backfill_policy=backfill_policy,
         name="replay_feature_families",
         pool=rollout_pool,
         ins={name: dg.AssetIn() for name in GENERATION_ASSETS},
@@ -84,47 +90,24 @@ def build_feature_assets(
         operator_parameters,
         initial_conditions,
         base_features,
-    ):
+    ) -> Iterator[dg.Output]:
         """Replays each operator of the shard once and computes every selected family from it."""
-        from spinlock_assets.core.extraction import extract_families
-        from spinlock_assets.core.verification import same_fingerprint
-
         selected = [by_asset[key.path[-1]] for key in sorted(context.selected_asset_keys)]
-        records = load_records(dataset, operator_parameters, initial_conditions, base_features)
+        keys = list(context.partition_keys)
+        inputs = [
+            shards_of(loaded, keys) for loaded in (operator_parameters, initial_conditions, base_features)
+        ]
         fingerprint = rollout.fingerprint()
-        started = time.perf_counter()
-        with Progress(emit=context.log.info) as progress:
-            extraction = extract_families(
-                records,
-                selected,
-                build_operator=rollout.build_operator,
-                same_fingerprint=same_fingerprint(records[0].fingerprint, fingerprint),
-                progress=progress,
+        shards = (
+            (
+                key,
+                _replay_shard(
+                    context, dataset, rollout, fingerprint, selected, [i[key] for i in inputs], key == keys[0]
+                ),
             )
-        seconds = time.perf_counter() - started
-        statuses = [v.status for v in extraction.verifications]
-        operator_indices = [record.index for record in records]
-        for family in selected:
-            source = "derived" if family.needs is Needs.BASE_SERIES else "replay"
-            arrays = family_arrays(family, extraction.results[family.name], source)
-            nan_count = int(sum(int((a.data != a.data).sum()) for a in arrays.values()))
-            yield dg.Output(
-                ShardOutput(arrays, fingerprint=fingerprint),
-                output_name=family_asset_name(family.name),
-                data_version=dg.DataVersion(ShardOutput(arrays).content_version),
-                metadata={
-                    "operators": len(records),
-                    "rollouts_replayed": extraction.rollouts,
-                    "replay_exact": statuses.count("exact"),
-                    "replay_within_tolerance": statuses.count("within_tolerance"),
-                    "replay_not_reproduced": sum(status not in REPRODUCED for status in statuses),
-                    "nan_values": nan_count,
-                    # The run's extraction time, shared by every family computed in it.
-                    "seconds_per_operator": round(seconds / len(records), 4),
-                    "family_version": family.version,
-                    "feature_map": preview(_feature_map(family, arrays, operator_indices)),
-                },
-            )
+            for key in keys
+        )
+        yield from materialize_shards(context, dataset, shards)
 
     return [replay_feature_families]
 
@@ -140,3 +123,52 @@ def _feature_map(
     )
     title = f"{family.name} / {name}" + (f" ({cut})" if cut else "")
     return plots.feature_heatmap(matrix, columns, operator_indices=operator_indices, title=title)
+
+
+def _replay_shard(
+    context: dg.AssetExecutionContext,
+    dataset: DatasetResource,
+    rollout: RolloutResource,
+    fingerprint: dict[str, str],
+    selected: list[FeatureFamily],
+    inputs: list,
+    with_figures: bool,
+) -> dict[str, ShardResult]:
+    """Every selected family of one shard, from one replay of each of its operators."""
+    from spinlock_assets.core.extraction import extract_families
+    from spinlock_assets.core.verification import same_fingerprint
+
+    records = load_records(dataset, *inputs)
+    started = time.perf_counter()
+    with Progress(emit=context.log.info) as progress:
+        extraction = extract_families(
+            records,
+            selected,
+            build_operator=rollout.build_operator,
+            same_fingerprint=same_fingerprint(records[0].fingerprint, fingerprint),
+            progress=progress,
+        )
+    seconds = time.perf_counter() - started
+    statuses = [v.status for v in extraction.verifications]
+    operator_indices = [record.index for record in records]
+    results = {}
+    for family in selected:
+        source = "derived" if family.needs is Needs.BASE_SERIES else "replay"
+        arrays = family_arrays(family, extraction.results[family.name], source)
+        metadata = {
+            "operators": len(records),
+            "rollouts_replayed": extraction.rollouts,
+            "replay_exact": statuses.count("exact"),
+            "replay_within_tolerance": statuses.count("within_tolerance"),
+            "replay_not_reproduced": sum(status not in REPRODUCED for status in statuses),
+            "nan_values": int(sum(int((a.data != a.data).sum()) for a in arrays.values())),
+            # The shard's extraction time, shared by every family computed from its replays.
+            "seconds_per_operator": round(seconds / len(records), 4),
+            "family_version": family.version,
+        }
+        if with_figures:
+            metadata["feature_map"] = preview(_feature_map(family, arrays, operator_indices))
+        results[family_asset_name(family.name)] = ShardResult(
+            ShardOutput(arrays, fingerprint=fingerprint), metadata
+        )
+    return results

@@ -1,9 +1,11 @@
 """Per-shard generation: parameters -> initial conditions -> one seeded rollout with inline base features.
 
-Asset bodies load, call ``core``/``storage`` and describe the result; the IO manager owns the files.
+Asset bodies compute each shard of their run (one shard, or a range: ``defs/ranges.py``) from ``core`` and
+``storage`` and describe it; ``materialize_shards`` turns the results into outputs and materializations.
 """
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -12,6 +14,7 @@ from spinlock_assets.core.features.base import SERIES_FIELDS
 from spinlock_assets.core.fingerprint import ENGINE_VERSION, inputs_fingerprint
 from spinlock_assets.core.generation import generate_initial_conditions
 from spinlock_assets.core.generation import operator_parameters as draw_parameters
+from spinlock_assets.core.progress import Progress
 from spinlock_assets.core.shards import parse_shard_key
 from spinlock_assets.figures import plots
 from spinlock_assets.storage.operator_arrays import (
@@ -23,8 +26,9 @@ from spinlock_assets.storage.operator_arrays import (
 
 from ..constants import GENERATION_GROUP, INPUTS_GROUP, OWNERS
 from ..io_manager import IO_MANAGER_KEY, ShardOutput
+from ..ranges import ShardResult, materialize_shards
 from ..resources import DatasetResource, RolloutResource
-from ..shard_assets import arrays_of, finite_mean, load_records, preview, shard_output
+from ..shard_assets import arrays_of, finite_mean, load_records, preview, shards_of
 
 __all__ = ["build_generation_assets", "BASE_CODE_VERSION", "INPUTS_CODE_VERSION"]
 
@@ -36,48 +40,76 @@ ENERGY_COLUMN = SERIES_FIELDS.index("energy")
 
 
 def build_generation_assets(
-    partitions: dg.PartitionsDefinition, rollout_pool: str | None = None
+    partitions: dg.PartitionsDefinition,
+    backfill_policy: dg.BackfillPolicy | None = None,
+    rollout_pool: str | None = None,
 ) -> list[dg.AssetsDefinition]:
-    """The three generation assets over the given shard partitions; the rollout step runs in
-    ``rollout_pool`` (the GPU pool when rollouts run on a GPU)."""
-    common = dict(partitions_def=partitions, owners=OWNERS, io_manager_key=IO_MANAGER_KEY)
+    """The three generation assets over the given shard partitions; a run materializes one shard or a
+    range of them (``backfill_policy``, ``defs/ranges.py``), and the rollout step runs in ``rollout_pool``
+    (the GPU pool when rollouts run on a GPU)."""
+    common = dict(
+        partitions_def=partitions,
+        backfill_policy=backfill_policy,
+        owners=OWNERS,
+        io_manager_key=IO_MANAGER_KEY,
+    )
 
     @dg.asset(group_name=INPUTS_GROUP, code_version=INPUTS_CODE_VERSION, kinds={"numpy", "hdf5"}, **common)
-    def operator_parameters(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.Output:
+    def operator_parameters(
+        context: dg.AssetExecutionContext, dataset: DatasetResource
+    ) -> Iterator[dg.Output]:
         """Unit-cube parameter points (scrambled Sobol), mapped hyperparameters and seeds of the shard's
         operators."""
-        shard = parse_shard_key(context.partition_key)
-        table = draw_parameters(dataset.spec, shard.start, shard.stop)
-        policies = [hp.policy for hp in table.hyperparameters]
-        return shard_output(
-            ShardOutput(parameter_arrays(table, dataset.spec), fingerprint=inputs_fingerprint()),
-            operators=len(table),
-            policies=dg.MetadataValue.json({p: policies.count(p) for p in sorted(set(policies))}),
-        )
+
+        def shard(key: str) -> dict[str, ShardResult]:
+            shard = parse_shard_key(key)
+            table = draw_parameters(dataset.spec, shard.start, shard.stop)
+            policies = [hp.policy for hp in table.hyperparameters]
+            output = ShardOutput(parameter_arrays(table, dataset.spec), fingerprint=inputs_fingerprint())
+            return {
+                "result": ShardResult(
+                    output,
+                    {
+                        "operators": len(table),
+                        "policies": dg.MetadataValue.json(
+                            {p: policies.count(p) for p in sorted(set(policies))}
+                        ),
+                    },
+                )
+            }
+
+        yield from materialize_shards(context, dataset, ((key, shard(key)) for key in context.partition_keys))
 
     @dg.asset(group_name=INPUTS_GROUP, code_version=INPUTS_CODE_VERSION, kinds={"numpy", "hdf5"}, **common)
-    def initial_conditions(dataset: DatasetResource, operator_parameters) -> dg.Output:
+    def initial_conditions(
+        context: dg.AssetExecutionContext, dataset: DatasetResource, operator_parameters
+    ) -> Iterator[dg.Output]:
         """Initial fields [C, H, W] of the shard's operators, each drawn from its ic_seed in its IC family,
         and their SHA-256 digests; in the compact mode (spec store_initial_conditions=false) the digests
         only, the fields being regenerated by every reader."""
-        table = parameter_table(dataset.spec, arrays_of(operator_parameters))
-        fields = generate_initial_conditions(dataset.spec, table)
-        families = [hp.ic_family for hp in table.hyperparameters]
-        return shard_output(
-            ShardOutput(
-                initial_condition_arrays(
-                    fields,
-                    dataset.spec.parameter_space.ic_families,
-                    store_fields=dataset.spec.store_initial_conditions,
-                ),
-                fingerprint=inputs_fingerprint(),
-            ),
-            initial_fields=preview(
-                plots.ic_grid(fields, operator_indices=table.operator_index, families=families)
-            ),
-            operators=len(fields),
-            ic_families=dg.MetadataValue.json({f: families.count(f) for f in sorted(set(families))}),
-        )
+        keys = list(context.partition_keys)
+        parameters = shards_of(operator_parameters, keys)
+
+        def shard(key: str) -> dict[str, ShardResult]:
+            table = parameter_table(dataset.spec, arrays_of(parameters[key]))
+            fields = generate_initial_conditions(dataset.spec, table)
+            families = [hp.ic_family for hp in table.hyperparameters]
+            arrays = initial_condition_arrays(
+                fields,
+                dataset.spec.parameter_space.ic_families,
+                store_fields=dataset.spec.store_initial_conditions,
+            )
+            metadata = {
+                "operators": len(fields),
+                "ic_families": dg.MetadataValue.json({f: families.count(f) for f in sorted(set(families))}),
+            }
+            if key == keys[0]:  # one figure per run: drawing it (~0.5 s) costs more than a small shard's work
+                metadata["initial_fields"] = preview(
+                    plots.ic_grid(fields, operator_indices=table.operator_index, families=families)
+                )
+            return {"result": ShardResult(ShardOutput(arrays, fingerprint=inputs_fingerprint()), metadata)}
+
+        yield from materialize_shards(context, dataset, ((key, shard(key)) for key in keys))
 
     @dg.asset(
         group_name=GENERATION_GROUP,
@@ -92,37 +124,57 @@ def build_generation_assets(
         rollout: RolloutResource,
         operator_parameters,
         initial_conditions,
-    ) -> dg.Output:
+    ) -> Iterator[dg.Output]:
         """Base feature series and summaries plus per-realization trajectory digests, computed inline
         during the one seeded generation rollout of each operator."""
-        records = load_records(dataset, operator_parameters, initial_conditions)
-        started = time.perf_counter()
-        rollouts = list(
-            rollout.roll_out(records, keep_trajectories=dataset.spec.store_trajectories, log=context.log)
-        )
-        seconds = time.perf_counter() - started
-        diverged = [record.index for record, result in zip(records, rollouts, strict=True) if result.diverged]
-        if diverged:
-            context.log.warning(f"{len(diverged)} operators diverged (NaN/Inf), flagged and kept: {diverged}")
-        arrays = base_feature_arrays(rollouts, BASE, store_trajectories=dataset.spec.store_trajectories)
-        energy = arrays["series"].data[..., ENERGY_COLUMN]  # [n, M, T, C]
-        curves = plots.energy_curves(
-            arrays["series"].data,
-            energy_column=ENERGY_COLUMN,
-            operator_indices=[record.index for record in records],
-            labels=[record.hyperparameters.ic_family for record in records],
-        )
-        return shard_output(
-            ShardOutput(arrays, fingerprint=rollout.fingerprint()),
-            energy_over_time=preview(curves),
-            operators=len(records),
-            diverged_operators=len(diverged),
-            diverged_indices=dg.MetadataValue.json(diverged),
-            # Floats, not text: the asset's Plots tab charts them across partitions and runs.
-            mean_initial_energy=finite_mean(energy[:, :, 0]),
-            mean_final_energy=finite_mean(energy[:, :, -1]),
-            rollout_seconds=round(seconds, 3),
-            seconds_per_operator=round(seconds / len(records), 4),
-        )
+        keys = list(context.partition_keys)
+        parameters, fields = shards_of(operator_parameters, keys), shards_of(initial_conditions, keys)
+        # One progress line for the run's operators (counts, rate, ETA), not one per shard.
+        total, done = sum(len(parse_shard_key(key)) for key in keys), 0
+        progress = Progress(emit=context.log.info)
+
+        def shard(key: str) -> dict[str, ShardResult]:
+            nonlocal done
+            records = load_records(dataset, parameters[key], fields[key])
+            started = time.perf_counter()
+            rollouts = list(
+                rollout.roll_out(
+                    records,
+                    keep_trajectories=dataset.spec.store_trajectories,
+                    progress=lambda finished, _, before=done: progress(before + finished, total),
+                )
+            )
+            done += len(records)
+            seconds = time.perf_counter() - started
+            diverged = [r.index for r, result in zip(records, rollouts, strict=True) if result.diverged]
+            if diverged:
+                context.log.warning(
+                    f"{key}: {len(diverged)} operators diverged (NaN/Inf), flagged and kept: {diverged}"
+                )
+            arrays = base_feature_arrays(rollouts, BASE, store_trajectories=dataset.spec.store_trajectories)
+            energy = arrays["series"].data[..., ENERGY_COLUMN]  # [n, M, T, C]
+            metadata = {
+                "operators": len(records),
+                "diverged_operators": len(diverged),
+                "diverged_indices": dg.MetadataValue.json(diverged),
+                # Floats, not text: the asset's Plots tab charts them across partitions and runs.
+                "mean_initial_energy": finite_mean(energy[:, :, 0]),
+                "mean_final_energy": finite_mean(energy[:, :, -1]),
+                "rollout_seconds": round(seconds, 3),
+                "seconds_per_operator": round(seconds / len(records), 4),
+            }
+            if key == keys[0]:  # one figure per run
+                metadata["energy_over_time"] = preview(
+                    plots.energy_curves(
+                        arrays["series"].data,
+                        energy_column=ENERGY_COLUMN,
+                        operator_indices=[record.index for record in records],
+                        labels=[record.hyperparameters.ic_family for record in records],
+                    )
+                )
+            return {"result": ShardResult(ShardOutput(arrays, fingerprint=rollout.fingerprint()), metadata)}
+
+        with progress:
+            yield from materialize_shards(context, dataset, ((key, shard(key)) for key in keys))
 
     return [operator_parameters, initial_conditions, base_features]

@@ -4,12 +4,14 @@ downstream would be wrong. Non-finite values are allowed only where the rollout 
 Each check is an evaluation function (shard in, :class:`Evaluation` out) used twice: by the partitioned
 ``@asset_check`` that runs in materialization runs, and by the ``verify_now`` job, which evaluates a
 budgeted sample of shards in one run and records each result under the same check and partition.
+In a run over a range of shards (``defs/ranges.py``) the ``@asset_check`` evaluates every shard and
+records each verdict under its own partition too; the result it returns is the range's summary.
 """
 
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -224,6 +226,34 @@ def integrity_evaluation(
     )
 
 
+def evaluate_shards(
+    context: dg.AssetCheckExecutionContext, evaluate: Callable[[str], Evaluation]
+) -> dg.AssetCheckResult:
+    """The check's result over the run's shards: one shard's own verdict, or over a range each shard's
+    verdict recorded under its partition (as ``verify_now`` records them) and a summary that fails if any
+    shard failed. Verdicts are logged one by one, so a later shard's error cannot lose earlier ones."""
+    keys = list(context.partition_keys)
+    if len(keys) == 1:
+        return evaluate(keys[0]).result()
+    [check_key] = [spec.key for spec in context.check_specs]
+    failed: dict[str, Evaluation] = {}
+    for key in keys:
+        evaluation = evaluate(key)
+        context.op_execution_context.log_event(evaluation.event(check_key, key))
+        if not evaluation.passed:
+            failed[key] = evaluation
+    errors = any(e.severity == dg.AssetCheckSeverity.ERROR for e in failed.values())
+    return dg.AssetCheckResult(
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR if errors or not failed else dg.AssetCheckSeverity.WARN,
+        metadata={
+            "shards_checked": len(keys),
+            "shards_failed": len(failed),
+            "failed_shards": _listed(failed),
+        },
+    )
+
+
 def build_checks(
     partitions: dg.PartitionsDefinition, shard_assets: Sequence[str], rollout_pool: str | None = None
 ) -> list:
@@ -249,16 +279,21 @@ def build_checks(
         classifies instead (exact / within_tolerance / diverged) and warns rather than fails."""
         from spinlock_assets.core.verification import rotating_sample  # imports torch: only when run
 
-        shard = parse_shard_key(context.partition_key)
-        operators = rotating_sample(shard.start, shard.stop, config.operators_per_shard, config.rotation)
-        return replay_evaluation(dataset, rollout, shard.key, operators, context.log).result()
+        def evaluate(key: str) -> Evaluation:
+            shard = parse_shard_key(key)
+            operators = rotating_sample(shard.start, shard.stop, config.operators_per_shard, config.rotation)
+            # one progress line per shard would outnumber the verdicts of a range
+            log = context.log if len(context.partition_keys) == 1 else None
+            return replay_evaluation(dataset, rollout, shard.key, operators, log)
+
+        return evaluate_shards(context, evaluate)
 
     @dg.asset_check(asset=BASE_FEATURES_ASSET, name=NONFINITE_CHECK, partitions_def=partitions, blocking=True)
     def nonfinite_only_where_flagged(
         context: dg.AssetCheckExecutionContext, dataset: DatasetResource
     ) -> dg.AssetCheckResult:
         """Base series are finite except for realizations flagged divergent (NaN from that step on)."""
-        return nonfinite_evaluation(dataset, context.partition_key).result()
+        return evaluate_shards(context, lambda key: nonfinite_evaluation(dataset, key))
 
     return [
         replay_matches_stored_digests,
@@ -274,8 +309,9 @@ def _integrity_check(partitions: dg.PartitionsDefinition, asset: str) -> dg.Asse
     ) -> dg.AssetCheckResult:
         """The shard file's SHA-256 equals the one recorded when it was materialized, and the file passes the
         layout validator (self-describing arrays, operator rows, spec hash)."""
-        key = context.partition_key
-        recorded = recorded_sha256(context.instance, dataset.store, asset, [key]).get(key)
-        return integrity_evaluation(dataset, asset, key, recorded).result()
+        recorded = recorded_sha256(context.instance, dataset.store, asset, context.partition_keys)
+        return evaluate_shards(
+            context, lambda key: integrity_evaluation(dataset, asset, key, recorded.get(key))
+        )
 
     return shard_file_intact
