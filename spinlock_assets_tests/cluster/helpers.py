@@ -26,6 +26,7 @@ __all__ = [
     "launch_backfill",
     "materialized_partitions",
     "poll",
+    "run_partitions",
     "temp_files",
     "wait_backfill",
 ]
@@ -90,13 +91,24 @@ def wait_backfill(instance: dg.DagsterInstance, backfill_id: str, timeout: float
 
 
 def materialized_partitions(instance: dg.DagsterInstance, asset: str) -> dict[str, int]:
-    """``{partition: number of materializations}`` of ``asset``."""
+    """``{partition: number of times its file was published}``: materializations that record a file (a
+    ranged run also records one marker per partition, without a file, before each shard's own)."""
     records = instance.fetch_materializations(dg.AssetKey(asset), limit=10_000).records
     counts: dict[str, int] = {}
     for record in records:
-        partition = record.asset_materialization.partition
-        counts[partition] = counts.get(partition, 0) + 1
+        event = record.asset_materialization
+        if "sha256" in event.metadata:
+            counts[event.partition] = counts.get(event.partition, 0) + 1
     return counts
+
+
+def run_partitions(run: dg.DagsterRun, keys: Sequence[str]) -> list[str]:
+    """The shards a run materialized: its partition, or the range its tags name (within ``keys``, the
+    partitions in order)."""
+    if "dagster/partition" in run.tags:
+        return [run.tags["dagster/partition"]]
+    first = keys.index(run.tags["dagster/asset_partition_range_start"])
+    return list(keys[first : keys.index(run.tags["dagster/asset_partition_range_end"]) + 1])
 
 
 def array_contents(path: Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@ gRPC code server, the webserver and the daemon, all started here by ``spinlock_a
 One deployment is shared by the module (starting one costs ~30 s on two cores). The tests run in order
 on disjoint partitions of one data root, so each later test also proves that what the earlier ones
 stored does not change: 8 shards through the daemon, 2 with a worker SIGKILLed mid-run, 2 with Redis
-and 2 with PostgreSQL stopped mid-backfill.
+and 2 with PostgreSQL stopped mid-backfill. Runs are sized by work, here two shards per run.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 from spinlock_assets.cluster.deployment import Deployment
 from spinlock_assets.cluster.lifecycle import down, up
 from spinlock_assets.cluster.tags import FINGERPRINT_ID_TAG, FINGERPRINT_TAG, WORKER_TAG
+from spinlock_assets.core.budget import estimated_operator_seconds
 from spinlock_assets.core.fingerprint import fingerprint_id
 from spinlock_assets.core.verification import verify
 from spinlock_assets.definitions import build_definitions
+from spinlock_assets.defs.ranges import shards_per_run
 from spinlock_assets.storage import ShardStore
 from spinlock_assets.storage.operator_arrays import stored_records
 from spinlock_assets_tests.conftest import tiny_spec
@@ -43,6 +45,7 @@ from .helpers import (
     launch_backfill,
     materialized_partitions,
     poll,
+    run_partitions,
     temp_files,
     wait_backfill,
 )
@@ -57,7 +60,9 @@ FIRST, KILLED = KEYS[:8], KEYS[8:10]
 OUTAGE = {"redis": KEYS[10:12], "postgres": KEYS[12:14]}
 OUTAGE_S = 5
 BACKFILL_TIMEOUT_S = 300
-RUN_TIMEOUT_S = 120  # one run of a shard here: ~5 s on 2 quiet cores, generous for a loaded machine
+# Runs sized by work: two shards per run (the default would put all eight in one run, on one worker).
+RUN_SECONDS = 2.5 * SHARD_SIZE * estimated_operator_seconds(SPEC)
+RUN_TIMEOUT_S = 120  # one run of two shards here: ~5 s on 2 quiet cores, generous for a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +70,14 @@ def deployment(tmp_path_factory, cluster_services: None) -> Iterator[Deployment]
     directory = tmp_path_factory.mktemp("cluster")
     spec_path = directory / "spec.json"
     spec_path.write_text(SPEC.to_json())
-    deployment = up(directory / "deployment", cpu_workers=2, spec=str(spec_path))
+    saved = os.environ.get("SPINLOCK_RUN_SECONDS")
+    os.environ["SPINLOCK_RUN_SECONDS"] = str(RUN_SECONDS)  # every process of the deployment reads it
+    try:
+        deployment = up(directory / "deployment", cpu_workers=2, spec=str(spec_path))
+    finally:
+        os.environ.pop("SPINLOCK_RUN_SECONDS")
+        if saved is not None:
+            os.environ["SPINLOCK_RUN_SECONDS"] = saved
     try:
         yield deployment
     finally:
@@ -138,7 +150,8 @@ def test_backfill_runs_on_two_warm_workers_once_per_shard_and_bit_identical_to_i
     backfill_id = launch_backfill(deployment, FIRST)
     assert wait_backfill(instance, backfill_id, BACKFILL_TIMEOUT_S) == "COMPLETED_SUCCESS"
     runs = backfill_runs(instance, backfill_id)
-    assert sorted(run.tags["dagster/partition"] for run in runs) == FIRST
+    assert sorted(key for run in runs for key in run_partitions(run, KEYS)) == FIRST
+    assert len(runs) == len(FIRST) // shards_per_run(SPEC, RUN_SECONDS) == 4  # ranges of two shards
     assert {run.status for run in runs} == {DagsterRunStatus.SUCCESS}
     assert {run.tags[WORKER_TAG].split("@")[0] for run in runs} == {"cpu1", "cpu2"}  # both workers ran
 
@@ -149,14 +162,12 @@ def test_backfill_runs_on_two_warm_workers_once_per_shard_and_bit_identical_to_i
     for run in runs:
         fingerprint = json.loads(run.tags[FINGERPRINT_TAG])
         assert run.tags[FINGERPRINT_ID_TAG] == fingerprint_id(fingerprint)
-        [record] = instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=dg.AssetKey("base_features"), asset_partitions=[run.tags["dagster/partition"]]
-            ),
-            limit=1,
-        ).records
-        assert record.run_id == run.run_id
-        assert record.asset_materialization.metadata["fingerprint"].value == fingerprint
+        for key in run_partitions(run, KEYS):
+            [record] = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("base_features"), asset_partitions=[key]), limit=1
+            ).records
+            assert record.run_id == run.run_id
+            assert record.asset_materialization.metadata["fingerprint"].value == fingerprint
 
     # The same partitions materialized in this process, into another root: the same arrays, bit for bit
     # (the files' own bytes differ: they record their creation time).
@@ -202,7 +213,7 @@ def test_a_worker_killed_mid_run_fails_the_run_and_its_retry_completes_the_shard
     assert killed is not None and killed.status == DagsterRunStatus.FAILURE
     [retry] = [run for run in runs if run.tags.get("dagster/parent_run_id") == run_id]
     assert retry.status == DagsterRunStatus.SUCCESS
-    assert retry.tags["dagster/partition"] == killed.tags["dagster/partition"]
+    assert run_partitions(retry, KEYS) == run_partitions(killed, KEYS) == KILLED
 
     assert_complete_and_exact(instance, root, KILLED)
     assert {path: state for path, state in file_states(root).items() if path in before} == before
@@ -210,7 +221,7 @@ def test_a_worker_killed_mid_run_fails_the_run_and_its_retry_completes_the_shard
 
 
 def outage_timeout(instance: dg.DagsterInstance) -> float:
-    """The longest a backfill of two shards on two workers may take after an outage: a run the daemon
+    """The longest a backfill of two shards (one run) may take after an outage: a run the daemon
     marked STARTING but could not hand to Celery is failed after the instance's start timeout (plus a
     monitoring poll), and its retry then runs."""
     return (
