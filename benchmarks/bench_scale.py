@@ -228,6 +228,7 @@ def definitions_load(n_operators: int) -> None:
 
 
 def main() -> None:
+    global SHARD_SIZE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also N = 100K (tens of minutes)")
     parser.add_argument("--dagster-at", type=int, default=1_000, help="largest N run through Dagster too")
@@ -235,11 +236,13 @@ def main() -> None:
         "--daemon-at", type=int, default=0, help="largest N also backfilled through a real dagster dev"
     )
     parser.add_argument("--only", type=int, help="only this N (rounded down to whole shards)")
+    parser.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"default {SHARD_SIZE}")
     parser.add_argument(
         "--files", type=int, help="only dataset.h5 and operator(i) over this many synthetic files"
     )
     parser.add_argument("--definitions-only", action="store_true", help="only the definitions load at N = 1M")
     args = parser.parse_args()
+    SHARD_SIZE = args.shard_size
     if args.definitions_only:
         definitions_load(1_000_000)
         return
@@ -251,6 +254,7 @@ def main() -> None:
             print("| figure | N | value |\n|---|---|---|")
             consolidation(spec, Path(directory))
         return
+    print(f"tiny spec, shards of {SHARD_SIZE} operators, {RUN_SECONDS:.0f} s of estimated work per run")
     print("| figure | N | value |\n|---|---|---|")
     for n in (args.only,) if args.only else (1_000, 10_000, *((100_000,) if args.full else ())):
         n -= n % SHARD_SIZE  # whole shards: 992, 9,984, 99,968

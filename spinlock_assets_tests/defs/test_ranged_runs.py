@@ -186,3 +186,12 @@ def test_a_bad_run_seconds_setting_is_refused_naming_it(monkeypatch):
         monkeypatch.setenv("SPINLOCK_RUN_SECONDS", bad)
         with pytest.raises(ValueError, match="SPINLOCK_RUN_SECONDS"):
             definitions_from_environment()
+
+
+def test_the_main_job_suggests_larger_shards_only_when_they_are_cheap():
+    from spinlock_assets.core.spec import DEFAULT_SPEC_PATH, load_spec
+    from spinlock_assets.defs.main_job import small_shard_hint
+
+    assert small_shard_hint(load_spec(DEFAULT_SPEC_PATH)) is None  # ~10 s per shard
+    hint = small_shard_hint(tiny_spec(grid=(8, 8), steps=4, realizations=1))
+    assert hint is not None and "shards of 1024 or more operators" in hint
