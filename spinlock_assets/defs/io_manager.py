@@ -96,9 +96,9 @@ class HDF5ShardIOManager(dg.ConfigurableIOManager):
             return  # written shard by shard by the step, each with its own materialization
         code_version = context.asset_spec.code_version or ""
         asset = context.asset_key.path[-1]
-        context.add_output_metadata(
-            publish_shard(self.dataset, asset, context.partition_key, obj, code_version)
-        )
+        # A backfill's run of one shard is a range of one (range tags, no partition key of its own).
+        [shard_key] = context.asset_partition_keys
+        context.add_output_metadata(publish_shard(self.dataset, asset, shard_key, obj, code_version))
 
     def load_input(self, context: dg.InputContext) -> Any:
         asset = context.asset_key.path[-1]

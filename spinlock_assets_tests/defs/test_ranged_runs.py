@@ -34,13 +34,11 @@ def _run(defs: dg.Definitions, job: str, shards: list[str], instance) -> dg.Exec
     return result
 
 
-def _versions(instance, asset: str) -> dict[str, str]:
-    return {
-        key: instance.get_latest_data_version_record(
-            dg.AssetKey(asset), partition_key=key
-        ).asset_materialization.tags[DATA_VERSION_TAG]
-        for key in SHARDS
+def _versions(instance, asset: str, shards: list[str] = SHARDS) -> dict[str, str]:
+    latest = {
+        key: instance.get_latest_data_version_record(dg.AssetKey(asset), partition_key=key) for key in shards
     }
+    return {key: record.asset_materialization.tags[DATA_VERSION_TAG] for key, record in latest.items()}
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +193,20 @@ def test_the_main_job_suggests_larger_shards_only_when_they_are_cheap():
     assert small_shard_hint(load_spec(DEFAULT_SPEC_PATH)) is None  # ~10 s per shard
     hint = small_shard_hint(tiny_spec(grid=(8, 8), steps=4, realizations=1))
     assert hint is not None and "shards of 1024 or more operators" in hint
+
+
+def test_a_backfill_run_of_one_shard_is_a_range_of_one(tmp_path, alone_and_ranged):
+    """The daemon launches a one-shard run of a multi-run backfill with range tags, not a partition key."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    _, instances, _, _ = alone_and_ranged
+    defs = tiny_definitions(tiny_spec(), tmp_path)
+    tags = {ASSET_PARTITION_RANGE_START_TAG: SHARDS[1], ASSET_PARTITION_RANGE_END_TAG: SHARDS[1]}
+    with dg.instance_for_test() as instance:
+        for job in (GENERATION_JOB, FEATURES_JOB):
+            assert defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags).success
+        for asset in SHARD_ASSETS:
+            assert (tmp_path / asset / f"{SHARDS[1]}.h5").is_file()
+            assert _versions(instance, asset, [SHARDS[1]]) == _versions(
+                instances["alone"], asset, [SHARDS[1]]
+            )
