@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +120,7 @@ class _LazyShards(Mapping):
     """An upstream input over several shards: each shard is read when it is used, so a run over a range
     holds one shard's arrays at a time, not the range's."""
 
-    def __init__(self, keys: list[str], read: Any) -> None:
+    def __init__(self, keys: list[str], read: Callable[[str], Any]) -> None:
         self._keys, self._read = list(keys), read
 
     def __getitem__(self, key: str) -> Any:

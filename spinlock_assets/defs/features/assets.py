@@ -98,16 +98,13 @@ def build_feature_assets(
             shards_of(loaded, keys) for loaded in (operator_parameters, initial_conditions, base_features)
         ]
         fingerprint = rollout.fingerprint()
-        shards = (
-            (
-                key,
-                _replay_shard(
-                    context, dataset, rollout, fingerprint, selected, [i[key] for i in inputs], key == keys[0]
-                ),
-            )
-            for key in keys
-        )
-        yield from materialize_shards(context, dataset, shards)
+
+        def shard(key: str) -> dict[str, ShardResult]:
+            upstream = [loaded[key] for loaded in inputs]
+            first = key == keys[0]  # one figure per run
+            return _replay_shard(context, dataset, rollout, fingerprint, selected, upstream, first)
+
+        yield from materialize_shards(context, dataset, ((key, shard(key)) for key in keys))
 
     return [replay_feature_families]
 
