@@ -23,21 +23,27 @@ construction, provided every op of a step is per-sample invariant:
 - noise: realization m draws each hidden layer's noise ``[width, H, W]`` from its own generator into its
   own slot, in the same order as ``GeneratorNoise`` (per step, per hidden layer): the same numbers.
 
-Threads: the step's ops run on the calling thread with torch's intra-op threads. The other ops are per
-element or per (sample, channel) row, but MKL's matrix products in the narrow layers round differently on
-other thread counts (a one-channel output layer changed digests between 1, 2 and 3 threads), which is why
-this formulation is selectable and not the default (``rollout.default_formulation``). The noise
-draws (``normal_`` with a generator is single-threaded) run there too, one realization after another:
-sharing them out over the lanes' worker pool was built and measured slower (the batched engine took 1.27x
-the time on the 4 smallest architectures with the pool; ``benchmarks/bench_engine.py``), since each step
-then waits for a worker that other processes may keep off the cores.
+Threads: every step runs on one intra-op thread (:func:`one_intra_op_thread`), whatever the caller's count:
+MKL's matrix products in the narrow layers round differently on other thread counts (a one-channel output
+layer changed digests between 1, 2 and 3 threads when the step ran on them), so a step on the caller's
+threads would give a Celery worker on one thread and a notebook on two different bits. The cores are used
+across operators instead (``rollout.operators_at_once``). The noise draws (``normal_`` with a generator is
+single-threaded) run on that thread too, one realization after another.
+
+Throughput on this 2-core CPU (``benchmarks/bench_engine.py``): single-threaded, a batch of 5 convolves
+little faster per sample than batch 1 does (oneDNN's batch-1 kernels already keep one core busy on these
+shapes), so the gain over the per-realization engine is the rest of the step done once per batch: 1.07x
+over the 16 sampled operators, 1.19x on the 4 smallest (targets 1.5x and 2x). The ceiling on these cores,
+with convolutions at the canonical batch and the noise draws alone (nothing else of the step), is 1.33x
+over the sample: the noise, part of each operator's definition, costs 17-35% of a step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,14 +56,31 @@ __all__ = [
     "batch_invariant",
     "canonical_batch",
     "formulation",
+    "one_intra_op_thread",
 ]
 
 # The canonical batch size of every layer shape: the default dataset's M, so its realizations fill one
 # batch with no unused slot (padding M=5 to 8 would spend 3/8 of every convolution on zeros).
 CANONICAL_BATCH = 5
 
-_checked: dict[tuple, bool] = {}  # (layer shape, batch, threads, device type) -> batch-invariant
+_checked: dict[tuple, bool] = {}  # (layer shape, batch, device type) -> batch-invariant
 _checked_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """Torch ops of the calling thread run on one intra-op thread inside (OpenMP's and MKL's counts are
+    per thread; the caller's count is put back on exit). A batched step runs inside, so its bits cannot
+    depend on the caller's thread count: MKL's matrix products round differently on other counts."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def canonical_batch(in_channels: int, out_channels: int, kernel: int, height: int, width: int) -> int:
@@ -76,8 +99,8 @@ def batch_invariant(
     bias: bool,
     device: torch.device | str = "cpu",
 ) -> bool:
-    """Whether the engine's convolution of this shape at its canonical batch gives a sample the same bits
-    in every slot, whatever its neighbours (cached per process, per thread count).
+    """Whether the engine's convolution of this shape at its canonical batch, on one intra-op thread, gives a
+    sample the same bits in every slot, whatever its neighbours (cached per process).
 
     A probe input alone in slot 0 with zero neighbours is compared with the same probe in the middle and
     last slots among random neighbours; weights and inputs come from a fixed seed.
@@ -92,7 +115,6 @@ def batch_invariant(
         width,
         bias,
         batch,
-        torch.get_num_threads(),
         device.type,
     )
     with _checked_lock:
@@ -106,12 +128,13 @@ def batch_invariant(
     probe = torch.randn(shape, generator=generator).to(device)
     alone = torch.zeros((batch, *shape), device=device)
     alone[0] = probe
-    expected = conv_layer(alone, weight, offsets)[0]
-    invariant = True
-    for slot in sorted({batch // 2, batch - 1}):
-        crowd = torch.randn((batch, *shape), generator=generator).to(device)
-        crowd[slot] = probe
-        invariant &= torch.equal(conv_layer(crowd, weight, offsets)[slot], expected)
+    with one_intra_op_thread():  # as the engine runs it
+        expected = conv_layer(alone, weight, offsets)[0]
+        invariant = True
+        for slot in sorted({batch // 2, batch - 1}):
+            crowd = torch.randn((batch, *shape), generator=generator).to(device)
+            crowd[slot] = probe
+            invariant &= torch.equal(conv_layer(crowd, weight, offsets)[slot], expected)
     with _checked_lock:
         _checked[key] = invariant
     return invariant
@@ -167,11 +190,12 @@ class BatchedSteps:
 
     def advance(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """One step of every realization: slots ``x`` ``[S, C, H, W]`` -> ``out`` (same shape)."""
-        self.draw_noise()
-        operator = self.operator
-        o = operator.apply(x, lambda layer, like: self.noise[layer], convolve=self._convolve)
-        operator.update(x, o, out=out)
-        out[self.n_realizations :] = 0
+        with one_intra_op_thread():
+            self.draw_noise()
+            operator = self.operator
+            o = operator.apply(x, lambda layer, like: self.noise[layer], convolve=self._convolve)
+            operator.update(x, o, out=out)
+            out[self.n_realizations :] = 0
 
     def draw_noise(self) -> None:
         """Fill this step's noise buffers: per realization, layer 0, 1, ... as ``GeneratorNoise`` does."""

@@ -57,26 +57,34 @@ def extract_families(
     families: Sequence[FeatureFamily],
     *,
     build_operator: Callable[[OperatorRecord], object],
+    device: str = "cpu",
     same_fingerprint: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Extraction:
-    """Compute ``families`` for ``records``; raises :class:`ReplayMismatchError` naming the operators
+    """Compute ``families`` for ``records`` (operators built by ``build_operator`` on ``device``); raises :class:`ReplayMismatchError` naming the operators
     whose replay is not exact (or, under another fingerprint, not within tolerance)."""
-    from .rollout import run_rollout
+    from .generation import roll_out
 
     needs = {family.needs for family in families}
     extraction = Extraction(results={family.name: [] for family in families})
+    built: dict[int, object] = {}  # operators of the replays in flight, by operator index
+
+    def build_and_keep(record: OperatorRecord) -> object:
+        built[record.index] = operator = build_operator(record)
+        return operator
+
+    # Replays run several operators at once (``roll_out``); families are computed here, in record order.
+    replays = (
+        roll_out(list(records), device=device, keep_trajectories=True, build_operator=build_and_keep)
+        if Needs.ROLLOUT in needs
+        else None
+    )
     for done, record in enumerate(records, start=1):
-        operator = build_operator(record) if needs & {Needs.ROLLOUT, Needs.OPERATOR} else None
+        operator = build_operator(record) if Needs.OPERATOR in needs and replays is None else None
         trajectories = None
-        if Needs.ROLLOUT in needs:
-            replayed = run_rollout(
-                operator,
-                record.initial_condition,
-                steps=record.spec.steps,
-                noise_seeds=record.seeds.noise_seeds,
-                keep_trajectories=True,
-            )
+        if replays is not None:
+            replayed = next(replays)
+            operator = built.pop(record.index)
             extraction.rollouts += 1
             extraction.verifications.append(classify(record, replayed, same_fingerprint=same_fingerprint))
             trajectories = replayed.trajectories

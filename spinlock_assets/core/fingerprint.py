@@ -3,11 +3,11 @@
 Measured here (torch 2.13 CPU, oneDNN, MKL): a single-threaded convolution's bits are identical across
 processes, and at a fixed batch size across neighbours and slots, but not across batch sizes for every
 shape, and MKL's matrix products (the narrow output layers) give other bits on other intra-op thread
-counts; they change with the CPU capability torch dispatches to (``ATEN_CPU_CAPABILITY``) and with oneDNN
+counts (so the engine computes every rollout on one thread per batch or realization); they change with the CPU capability torch dispatches to (``ATEN_CPU_CAPABILITY``) and with oneDNN
 disabled. On CUDA they depend on the GPU model and the library versions. The engine's formulation is
-recorded too (``formulation``: ``per_realization``, the default everywhere; ``batched-<canonical batch>``
-plus any layer shape whose start-up check fell back to batch-1 convolutions where the batched formulation
-is the default, see ``core/batching.py``), so data made under different formulations never compares as
+recorded too (``formulation``: ``batched-<canonical batch>`` on the CPU, plus any layer shape whose
+start-up check fell back to batch-1 convolutions, see ``core/batching.py``; ``per_realization`` on CUDA), so
+data made under different formulations never compares as
 the same fingerprint. Replay under the same fingerprint must reproduce a
 digest exactly; under another one verification classifies the result instead of passing or failing
 silently.
@@ -31,7 +31,8 @@ __all__ = [
 # Version of the rollout engine's numerics (operator, policies, noise order, batching, digest). Bump on any
 # change that alters a digest: stored digests then belong to the previous engine, and the code versions
 # built from it mark base features and every family stale.
-ENGINE_VERSION = "2.1.0"  # 2.1.0: the CPU default back to the per-realization formulation
+# 3.0.0: the CPU default is the batched formulation, every step on one intra-op thread
+ENGINE_VERSION = "3.0.0"
 
 
 def package_version() -> str:

@@ -117,19 +117,31 @@ def roll_out(
     build_operator: Callable[[OperatorRecord], StochasticCNN] | None = None,
 ) -> Iterator[RolloutRecord]:
     """Yield each record's rollout record, in order. ``build_operator`` lets a caller supply operators
-    (e.g. from a cache); by default each record rebuilds its own on ``device``."""
+    (e.g. from a cache; it is called on the calling thread, in record order); by default each record
+    rebuilds its own on ``device``.
+
+    On the CPU, several operators roll out at once (:func:`.rollout.operators_at_once`), each on a worker
+    with one intra-op thread: a rollout's bits are the same on any thread count, so this changes only the
+    time it takes."""
     from .fingerprint import configure_determinism
-    from .rollout import run_rollout
+    from .lanes import map_on_workers
+    from .rollout import operators_at_once, run_rollout
 
     configure_determinism(device)
-    for done, record in enumerate(records, start=1):
-        operator = build_operator(record) if build_operator else record.build_operator(device)
-        yield run_rollout(
+    build = build_operator or (lambda record: record.build_operator(device))
+
+    def rollout(job: tuple[OperatorRecord, StochasticCNN]) -> RolloutRecord:
+        record, operator = job
+        return run_rollout(
             operator,
             record.initial_condition,
             steps=record.spec.steps,
             noise_seeds=record.seeds.noise_seeds,
             keep_trajectories=keep_trajectories,
         )
+
+    jobs = ((record, build(record)) for record in records)
+    for done, result in enumerate(map_on_workers(rollout, jobs, workers=operators_at_once(device)), start=1):
+        yield result
         if progress is not None:
             progress(done, len(records))

@@ -8,19 +8,22 @@ arithmetic is the same single-threaded sequence whatever ``torch.get_num_threads
 across realizations: ``min(M, torch.get_num_threads())`` workers step different realizations at once, each
 realization's steps strictly in order, up to ``LOOKAHEAD_STEPS`` steps ahead of the consumer.
 
-The batched formulation (:mod:`.batching`) replaced it as the CPU default; it stays selectable as the
-reference the batched engine is benchmarked against (and is what CUDA runs, on the calling thread). The
-batched engine does not use the pool (measured slower with it, see :mod:`.batching`).
+It is selectable on the CPU (``formulation="per_realization"``); the batched formulation
+(:mod:`.batching`) is the CPU default, and this one runs on CUDA (on the calling thread). The same pool
+runs whole rollouts of several operators at once (:func:`map_on_workers`, used by ``generation.roll_out``
+and ``verification.verify_records``): inside a worker a rollout runs on its one thread.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from typing import TypeVar
 
 import torch
 
@@ -31,14 +34,24 @@ __all__ = [
     "Lane",
     "LaneScheduler",
     "WorkerPool",
+    "map_on_workers",
     "rollout_workers",
     "submit_for_result",
     "worker_pool",
 ]
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 # How many steps a realization may run ahead of the step the consumer waits for (bounds memory to about
 # LOOKAHEAD_STEPS + 2 states [M, C, H, W]); more than 1 so workers do not wait at each step's end.
 LOOKAHEAD_STEPS = 4
+
+# How many items per worker map_on_workers submits ahead of the one the consumer waits for: items differ in
+# cost (operators of one shard by 100x), and a worker idles once everything submitted behind a long head item
+# is done. Results held meanwhile are small, except replays that keep trajectories (MAP_AHEAD * workers of
+# them at most).
+MAP_AHEAD = 4
 
 # Called as on_state(m, state) with realization m's new state [C, H, W], in step order for each m.
 StateHook = Callable[[int, torch.Tensor], None]
@@ -133,6 +146,42 @@ def submit_for_result(pool: WorkerPool, fn: Callable[[], object]) -> Future:
 
     pool.submit(run)
     return future
+
+
+def map_on_workers(fn: Callable[[T], R], items: Iterable[T], *, workers: int) -> Iterator[R]:
+    """``fn(item)`` for every item, in order, computed on ``workers`` single-threaded workers (one item per
+    worker at a time, at most ``MAP_AHEAD * workers`` items submitted ahead of the consumer, so a long item
+    at the head does not leave the other workers idle); on the calling thread, one after another, when
+    ``workers`` <= 1.
+
+    Every torch op of ``fn`` then runs on one intra-op thread whatever the caller's count, so its bits are
+    those of a single-threaded run; the parallelism is across items. ``fn`` must not wait for work it
+    submits to the same pool (with one intra-op thread, the rollout engine submits none). If ``fn`` raises,
+    the error is re-raised in order, after the items already running have finished.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pool = worker_pool(workers)
+    pending: collections.deque[Future] = collections.deque()
+    remaining = iter(items)
+    try:
+        for item in remaining:
+            pending.append(submit_for_result(pool, lambda item=item: fn(item)))
+            if len(pending) == MAP_AHEAD * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            following = next(remaining, _END)
+            if following is not _END:
+                pending.append(submit_for_result(pool, lambda item=following: fn(item)))
+            yield result
+    finally:  # on an error or an abandoned iteration: no worker is left computing for nobody
+        for future in pending:
+            future.exception()
+
+
+_END = object()
 
 
 class Lane:

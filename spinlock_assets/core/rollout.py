@@ -9,23 +9,26 @@ non-finite step, and (only when asked) the full trajectories. Generation and rep
 How realizations are computed (``formulation``), and why the bits cannot depend on M, on which
 realizations share a batch, on the thread count or on scheduling:
 
-- ``"per_realization"`` (:mod:`.lanes`; the default on every device): realization m is stepped alone
-  (batch 1) with its own noise generator. On the CPU the steps run on a pool of single-threaded workers,
-  one realization per worker at a time (or on the calling thread when torch runs one thread: the same
-  single-threaded arithmetic), so no op's bits can depend on the intra-op thread count; on CUDA they run
-  one after another on the calling thread, and every step after the first replays a CUDA graph of the
-  eager step (same kernels, same noise: the bits do not change, see ``_CudaGraphStep``). CUDA stays on
-  this formulation: batching there needs kernels whose reduction order does not depend on the batch,
-  which cuDNN does not promise (not built).
-- ``"batched"`` (:mod:`.batching`, selectable, not the default): all realizations are stepped together,
-  one batch per layer, every convolution at a canonical batch size decided by the layer shape alone
-  (unused slots hold zeros); every op of a step is per-sample invariant (proven with bits, and checked per
-  layer shape at start-up), and each realization draws its noise from its own generator into its own
-  slot. Its bits do not depend on the batch, but the step runs on torch's intra-op threads, and MKL's
-  matrix products (the narrow output layers, ``operator._narrow_conv``) give other bits on other thread
-  counts: measured here, 10 of 40 operators of a C=1, 8x8 spec and 8 of 16 at 32x32 changed digests
-  between 1, 2 and 3 threads (the default space at C=3 did not). A Celery worker on one thread and a
-  notebook on two would then disagree, so it is not the default.
+- ``"batched"`` (:mod:`.batching`; the CPU default): all realizations are stepped together, one batch per
+  layer, every convolution at a canonical batch size decided by the layer shape alone (unused slots hold
+  zeros); every op of a step is per-sample invariant (proven with bits, and checked per layer shape at
+  start-up), and each realization draws its noise from its own generator into its own slot. Every step
+  runs on one intra-op thread (``batching.one_intra_op_thread``), so its bits do not depend on the caller's
+  thread count either (MKL's matrix products in the narrow output layers would: measured, 10 of 40
+  operators of a C=1, 8x8 spec changed digests between 1, 2 and 3 threads when the step ran on them).
+- ``"per_realization"`` (:mod:`.lanes`; the default on CUDA, selectable on the CPU): realization m is
+  stepped alone (batch 1) with its own noise generator. On the CPU the steps run on a pool of
+  single-threaded workers, one realization per worker at a time (or on the calling thread when it runs one
+  intra-op thread: the same single-threaded arithmetic); on CUDA they run one after another on the calling
+  thread, and every step after the first replays a CUDA graph of the eager step (same kernels, same noise:
+  the bits do not change, see ``_CudaGraphStep``). CUDA stays on this formulation: batching there needs
+  kernels whose reduction order does not depend on the batch, which cuDNN does not promise (not built).
+
+The two formulations give different bits (each reproducible on its own; the execution fingerprint names
+the one generation used). Parallelism on the CPU is across operators: ``generation.roll_out`` (generation,
+family replay) and ``verification.verify_records`` run :func:`operators_at_once` operators at once, each on
+a single-threaded worker, so it changes no bits. A lone rollout of the batched formulation runs on one
+thread (the per-realization one spreads its realizations over the workers).
 
 ``run_rollout`` hashes realization m's states in step order, and computes F0 rows in chunks of whole steps
 (on the lanes' workers in the per-realization formulation); F0 rows are batch-invariant, so the chunking
@@ -58,6 +61,7 @@ __all__ = [
     "RolloutRecord",
     "default_formulation",
     "iterate_rollout",
+    "operators_at_once",
     "run_rollout",
 ]
 
@@ -78,10 +82,18 @@ FORMULATIONS = ("batched", "per_realization")
 
 
 def default_formulation(device: str | torch.device = "cpu") -> str:
-    """``"per_realization"`` on every device: its realizations compute on one intra-op thread each, so
-    their bits cannot depend on the thread count. The batched formulation's do (see the module docstring),
-    so it is selectable (``formulation="batched"``) but never the default."""
-    return "per_realization"
+    """``"batched"`` on the CPU (1.07x the per-realization engine's generation throughput over the
+    benchmark's 16 sampled operators, 1.19x on the 4 smallest; ``benchmarks/bench_engine.py``),
+    ``"per_realization"`` elsewhere (CUDA has no batch-invariant batched step)."""
+    return "batched" if torch.device(device).type == "cpu" else "per_realization"
+
+
+def operators_at_once(device: str | torch.device = "cpu") -> int:
+    """How many operators :func:`~spinlock_assets.core.generation.roll_out` rolls out at once: on the CPU
+    ``torch.get_num_threads()``, each on a worker with one intra-op thread (both formulations compute on one
+    thread per realization or per batch, so bits do not change; only the parallelism moves from within an
+    operator to across operators); one on other devices."""
+    return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
 
 
 def _advance_all(lanes: list[Lane], states: torch.Tensor, out: torch.Tensor) -> None:

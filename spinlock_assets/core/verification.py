@@ -275,21 +275,33 @@ def verify_records(
 ) -> list[Verification]:
     """:func:`verify_operator` for each record, in order: the one replay-and-classify loop of the package
     (the Dagster replay check, the command line and notebooks all go through it). ``stored_features``
-    gives a record's stored feature values to recompute; ``progress(done, total)`` is called after each."""
+    gives a record's stored feature values to recompute; ``progress(done, total)`` is called after each.
+    Operators are verified several at once on the CPU, as ``generation.roll_out`` runs them (operators
+    and stored features are fetched on the calling thread, in order)."""
+    from .lanes import map_on_workers
+    from .rollout import operators_at_once
+
     records = list(records)
     current = execution_fingerprint(device)
+    build = build_operator or (lambda record: record.build_operator(device))
+
+    def fetched(record: OperatorRecord) -> tuple[OperatorRecord, Any, StoredFeatures | None]:
+        return record, build(record), stored_features(record) if stored_features is not None else None
+
+    def verified(job: tuple[OperatorRecord, Any, StoredFeatures | None]) -> Verification:
+        record, operator, features = job
+        return verify_operator(
+            record,
+            device=device,
+            current_fingerprint=current,
+            stored_features=features,
+            build_operator=lambda _record: operator,
+        )[1]
+
     results = []
-    for done, record in enumerate(records, start=1):
-        features = stored_features(record) if stored_features is not None else None
-        results.append(
-            verify_operator(
-                record,
-                device=device,
-                current_fingerprint=current,
-                stored_features=features,
-                build_operator=build_operator,
-            )[1]
-        )
+    jobs = map(fetched, records)
+    for done, result in enumerate(map_on_workers(verified, jobs, workers=operators_at_once(device)), start=1):
+        results.append(result)
         if progress is not None:
             progress(done, len(records))
     return results

@@ -1,22 +1,32 @@
-"""The batched formulation (``core/batching.py``): each realization's bits do not depend on M, on its slot or
-its neighbours, or on whether it is generated in a shard, alone or replayed; and every op of a step is
-per-sample invariant, each proven with bits. It is selectable, not the default (its narrow layers' bits
-depend on the thread count, ``core/rollout.py``): every test here makes it the CPU default first."""
+"""The batched formulation (``core/batching.py``), the CPU default: each realization's bits do not depend on
+M, on its slot or its neighbours, on the thread count, or on whether it is generated in a shard (several
+operators at once), alone or replayed; and every op of a step is per-sample invariant, each proven with
+bits."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import random
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from spinlock_assets.core import batching, rollout
-from spinlock_assets.core.batching import CANONICAL_BATCH, BatchedSteps, batch_invariant, canonical_batch
+from spinlock_assets.core import batching, lanes
+from spinlock_assets.core.batching import (
+    CANONICAL_BATCH,
+    BatchedSteps,
+    batch_invariant,
+    canonical_batch,
+    one_intra_op_thread,
+)
 from spinlock_assets.core.fingerprint import execution_fingerprint, fingerprint_id
 from spinlock_assets.core.generation import roll_out
+from spinlock_assets.core.lanes import MAP_AHEAD, map_on_workers
 from spinlock_assets.core.operator import (
     GeneratorNoise,
     _activation,
@@ -25,23 +35,19 @@ from spinlock_assets.core.operator import (
     conv_layer,
 )
 from spinlock_assets.core.parameters import OperatorHyperparameters
-from spinlock_assets.core.rollout import run_rollout
+from spinlock_assets.core.rollout import default_formulation, operators_at_once, run_rollout
 from spinlock_assets.core.spec import ACTIVATIONS, ParameterSpace
-from spinlock_assets.core.verification import verify
+from spinlock_assets.core.verification import verify, verify_records
 from spinlock_assets_tests.conftest import tiny_spec
 from spinlock_assets_tests.core.test_rollout_determinism import _records
 
 SMALL = OperatorHyperparameters(2, 16, 3, "gelu", 0.05, 1.0, "residual", 0.1, None, "blobs", 0.5)
 
 
-@pytest.fixture(autouse=True)
-def batched_by_default(monkeypatch):
-    """Generation, replay and the fingerprint run the batched formulation on the CPU."""
-    monkeypatch.setattr(
-        rollout,
-        "default_formulation",
-        lambda device="cpu": "batched" if torch.device(device).type == "cpu" else "per_realization",
-    )
+def test_batched_is_the_cpu_default_and_cuda_stays_per_realization():
+    assert default_formulation("cpu") == "batched"
+    assert default_formulation("cuda") == "per_realization"
+    assert execution_fingerprint()["formulation"].startswith(f"batched-{CANONICAL_BATCH}")
 
 
 class _threads:
@@ -120,8 +126,9 @@ def _layer_shapes(space: ParameterSpace, channels: int) -> list[tuple[int, int, 
 
 
 def _assert_conv_batch_invariant(in_channels: int, out_channels: int, kernel: int, size: int) -> None:
-    """The engine's convolution at the canonical batch: a probe alone in slot 0 among zeros gives the same
-    bits in every slot among random neighbours, on 1 and 2 threads; and the start-up check agrees."""
+    """The engine's convolution at the canonical batch, as a step runs it (one intra-op thread): a probe
+    alone in slot 0 among zeros gives the same bits in every slot among random neighbours, whatever the
+    caller's thread count; and the start-up check agrees."""
     batch = canonical_batch(in_channels, out_channels, kernel, size, size)
     generator = torch.Generator().manual_seed(in_channels * 1000 + out_channels * 10 + kernel)
     weight = torch.randn(out_channels, in_channels, kernel, kernel, generator=generator)
@@ -131,14 +138,16 @@ def _assert_conv_batch_invariant(in_channels: int, out_channels: int, kernel: in
     probe = torch.randn(shape, generator=generator)
     alone = torch.zeros((batch, *shape))
     alone[0] = probe
-    expected = conv_layer(alone, weight, bias)[0]
+    with one_intra_op_thread():
+        expected = conv_layer(alone, weight, bias)[0]
     for threads in (1, 2):
-        with _threads(threads):
+        with _threads(threads), one_intra_op_thread():
             assert torch.equal(conv_layer(alone, weight, bias)[0], expected)
             for slot in range(batch):
                 crowd = torch.randn((batch, *shape), generator=generator)
                 crowd[slot] = probe
                 assert torch.equal(conv_layer(crowd, weight, bias)[slot], expected), (slot, threads)
+        with _threads(threads):
             assert batch_invariant(in_channels, out_channels, kernel, size, size, bias=bias is not None)
 
 
@@ -194,48 +203,150 @@ def test_realization_digest_does_not_depend_on_m():
         assert reordered.digests == full.digests[::-1]
 
 
-def _default_space_spec(n_operators: int, grid: int, steps: int):
+def test_realization_digest_does_not_depend_on_its_neighbours_in_12_random_compositions():
+    """Each realization among random other realizations, in a random slot, for operators of every
+    activation and policy: its digest is the one it has in the reference composition."""
+    choose = random.Random(7)
+    ic = _ic(3, 32, seed=3)
+    pool = list(range(500, 520))
+    for case, (activation, policy) in enumerate(
+        zip(ACTIVATIONS, ("residual", "convex", "autoregressive", "residual"), strict=True)
+    ):
+        alpha = 0.3 if policy == "convex" else None
+        hp = dataclasses.replace(SMALL, n_layers=3, activation=activation, policy=policy, alpha=alpha)
+        operator = build_operator(hp, channels=3, weight_seed=10 + case)
+        reference = dict(zip(pool, run_rollout(operator, ic, steps=3, noise_seeds=pool).digests, strict=True))
+        for _ in range(3):
+            composition = choose.sample(pool, choose.randint(1, 9))
+            digests = run_rollout(operator, ic, steps=3, noise_seeds=composition).digests
+            assert digests == [reference[seed] for seed in composition], (activation, composition)
+
+
+def _default_space_spec(n_operators: int, grid: int, steps: int, channels: int = 3):
     return tiny_spec(
         n_operators=n_operators,
         shard_size=n_operators,
         grid=(grid, grid),
-        channels=3,
+        channels=channels,
         steps=steps,
         realizations=5,
         parameter_space=ParameterSpace(),
     )
 
 
-def _alone_in_shard_and_replayed(spec) -> None:
+def _identical_alone_in_a_shard_replayed_and_on_1_2_3_threads(spec) -> None:
+    """Digests of every operator generated in one shard (several operators at once, on the workers),
+    generated alone, rolled out on the calling thread (``run_rollout``) and replayed (``verify``), each on 1,
+    2 and 3 intra-op threads, all equal to the shard on one thread."""
     records = _records(spec)
-    shard = list(roll_out(records))
-    for record, in_shard in zip(records, shard, strict=True):
-        alone = next(roll_out([record]))
-        assert alone.digests == in_shard.digests
-        stored = dataclasses.replace(
-            record,
-            digests=tuple(in_shard.digests),
-            base_series=in_shard.base_series,
-            fingerprint=execution_fingerprint(),
-        )
-        assert verify(stored).status == "exact"
+    with _threads(1):
+        reference = [r.digests for r in roll_out(records)]
+    for threads in (1, 2, 3):
+        with _threads(threads):
+            assert [r.digests for r in roll_out(records)] == reference, threads
+            for record, digests in zip(records, reference, strict=True):
+                assert next(roll_out([record])).digests == digests, (threads, record.index)
+                on_the_calling_thread = run_rollout(
+                    record.build_operator(),
+                    record.initial_condition,
+                    steps=spec.steps,
+                    noise_seeds=record.seeds.noise_seeds,
+                )
+                assert on_the_calling_thread.digests == digests, (threads, record.index)
+            stored = [
+                dataclasses.replace(record, digests=tuple(digests), fingerprint=execution_fingerprint())
+                for record, digests in zip(records, reference, strict=True)
+            ]
+            assert {v.status for v in verify_records(stored)} == {"exact"}, threads
+            assert verify(stored[0]).status == "exact"
 
 
-def test_56_sampled_operators_identical_alone_in_a_shard_and_replayed():
-    """56 operators of the default parameter space (every width and kernel occurs) at 16x16: the same
-    digests generated in one shard, generated alone, and replayed, on one thread (this formulation's bits
-    depend on the thread count, so every run of a comparison must use the same one)."""
+def test_56_sampled_operators_identical_alone_in_a_shard_replayed_and_on_any_thread_count():
+    """56 operators of the default parameter space (every width and kernel occurs) at 16x16."""
     spec = _default_space_spec(56, grid=16, steps=4)
     hyperparameters = [r.hyperparameters for r in _records(spec)]
     assert {hp.width for hp in hyperparameters} == set(ParameterSpace().widths)
     assert {hp.kernel_size for hp in hyperparameters} == set(ParameterSpace().kernel_sizes)
-    with _threads(1):
-        _alone_in_shard_and_replayed(spec)
+    _identical_alone_in_a_shard_replayed_and_on_1_2_3_threads(spec)
+
+
+def test_one_channel_operators_do_not_depend_on_the_thread_count():
+    """The spec where a step on the caller's threads changed digests (10 of 40 operators between 1, 2 and 3
+    threads: MKL's one-channel output GEMMs): every step now runs on one intra-op thread."""
+    _identical_alone_in_a_shard_replayed_and_on_1_2_3_threads(
+        _default_space_spec(40, grid=8, steps=4, channels=1)
+    )
 
 
 @pytest.mark.slow
-def test_default_space_operators_at_32x32_identical_alone_in_a_shard_and_replayed():
-    _alone_in_shard_and_replayed(_default_space_spec(8, grid=32, steps=3))
+def test_default_space_operators_at_32x32_identical_alone_in_a_shard_replayed_and_on_any_thread_count():
+    _identical_alone_in_a_shard_replayed_and_on_1_2_3_threads(_default_space_spec(8, grid=32, steps=3))
+
+
+def test_a_step_leaves_the_callers_thread_count_as_it_was():
+    operator = build_operator(SMALL, channels=3, weight_seed=2)
+    with _threads(2):
+        run_rollout(operator, _ic(3, 16), steps=3, noise_seeds=[1, 2])
+        assert torch.get_num_threads() == 2
+        with one_intra_op_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+
+
+# ---- several operators at once ------------------------------------------------------------------------
+
+
+def test_operators_at_once_follows_the_thread_count_on_the_cpu():
+    with _threads(3):
+        assert operators_at_once("cpu") == 3
+    with _threads(1):
+        assert operators_at_once("cpu") == 1
+    assert operators_at_once("cuda") == 1
+
+
+def test_map_on_workers_keeps_order_runs_items_at_once_and_bounds_what_it_runs_ahead():
+    """Items of very different costs come back in order; two run at the same time on two workers; no more
+    than MAP_AHEAD items per worker are started ahead of the one the consumer waits for."""
+    started: list[int] = []
+    running, overlap = [0], [False]
+    lock = threading.Lock()
+
+    def work(item: int) -> tuple[int, int]:
+        with lock:
+            started.append(item)
+            running[0] += 1
+            overlap[0] |= running[0] > 1
+        time.sleep(0.02 if item % 3 == 0 else 0.001)
+        with lock:
+            running[0] -= 1
+        return item, torch.get_num_threads()
+
+    results = map_on_workers(work, range(40), workers=2)
+    first = next(results)
+    assert first == (0, 1)  # computed on a worker, on one intra-op thread
+    assert len(started) <= MAP_AHEAD * 2 + 1
+    assert [item for item, _ in results] == list(range(1, 40))
+    assert overlap[0]
+    assert list(map_on_workers(lambda x: x * x, range(5), workers=1)) == [0, 1, 4, 9, 16]
+
+
+def test_map_on_workers_reraises_an_items_error_in_order_and_leaves_no_work_running():
+    finished: list[int] = []
+
+    def work(item: int) -> int:
+        if item == 3:
+            raise ValueError("item 3 failed")
+        time.sleep(0.005)
+        finished.append(item)
+        return item
+
+    results = map_on_workers(work, range(20), workers=2)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="item 3 failed"):
+        next(results)
+    done = len(finished)
+    time.sleep(0.05)
+    assert len(finished) == done  # nothing still computing for nobody
 
 
 def test_per_realization_formulation_stays_selectable_and_m_invariant():
@@ -258,7 +369,7 @@ def test_a_shape_that_fails_the_check_runs_batch_1_and_is_named_in_the_fingerpri
     before = execution_fingerprint()
     assert before["formulation"] == f"batched-{CANONICAL_BATCH}"
     monkeypatch.setattr(batching, "_checked", dict(batching._checked))
-    batching._checked[(3, 16, 3, 16, 16, False, CANONICAL_BATCH, torch.get_num_threads(), "cpu")] = False
+    batching._checked[(3, 16, 3, 16, 16, False, CANONICAL_BATCH, "cpu")] = False
     operator = build_operator(SMALL, channels=3, weight_seed=4)
     ic = _ic(3, 16)
     seeds = list(range(20, 27))

@@ -142,6 +142,7 @@ def _replay_shard(
             records,
             selected,
             build_operator=rollout.build_operator,
+            device=rollout.device,
             same_fingerprint=same_fingerprint(records[0].fingerprint, fingerprint),
             progress=progress,
         )
