@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spinlock_assets.core.batching import one_intra_op_thread
 from spinlock_assets.core.initial_conditions import initial_condition
 from spinlock_assets.core.operator import StochasticCNN, build_operator
 from spinlock_assets.core.parameters import OperatorHyperparameters, map_parameters, sobol_points
@@ -195,7 +196,7 @@ def conv_bound(
         units = countdown(m * (steps - 1))
 
         def body() -> None:
-            with single_intra_op_thread():
+            with one_intra_op_thread():
                 run_layers(units)
 
         threads = [threading.Thread(target=body) for _ in range(min(workers, m))]
@@ -207,25 +208,13 @@ def conv_bound(
     return parallel
 
 
-class single_intra_op_thread:
-    """Context: torch ops on *this* thread run on one intra-op thread (OpenMP's thread count is per
-    calling thread); restores the process-wide default that new threads inherit on exit."""
-
-    def __enter__(self) -> None:
-        self.previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self.previous)
-
-
 def available_parallelism(threads: int = 2, seconds: float = 0.2) -> float:
     """Speed-up of ``threads`` threads over one on the same single-threaded work (512x512 matmuls, one
     intra-op thread each): about ``threads`` on an idle machine, less when other processes load it."""
     a = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
 
     def work(n: int) -> None:
-        with single_intra_op_thread():
+        with one_intra_op_thread():
             for _ in range(n):
                 a @ a
 

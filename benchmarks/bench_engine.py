@@ -1,32 +1,37 @@
-"""The batched engine (selectable) against the batch-1 (per-realization) default engine, and its conv
+"""The batched engine (the CPU default) against the per-realization engine it replaced, and its conv
 throughput against a GEMM.
 
     python benchmarks/bench_engine.py            # 16 sampled + 4 smallest (T=32); 4 architectures (T=64)
     python benchmarks/bench_engine.py --quick    # smoke run: 8 sampled operators, T=16 and T=32
 
-At a 64x64 grid, C=3, M=5, in one process, every measure of an operator interleaved within each repetition
-(so load drifts hit them alike), medians of ``--repeats`` (3):
+At a 64x64 grid, C=3, M=5, in one process, every measure interleaved within each repetition (so load drifts
+hit them alike), medians of ``--repeats`` (3). W = ``torch.get_num_threads()`` (2 here).
 
-1. Generation throughput: ``run_rollout`` (inline F0 + digests, what generation and replay run) with
-   ``formulation="batched"`` and ``"per_realization"`` (the default batch-1 engine on its
-   worker lanes), over (i) operators 0..15 of the default space and (ii) its 4 smallest architectures;
-   ratio = total per-realization time / total batched time (targets 1.5 and 2).
-2. Conv efficiency: for (layers, width, kernel) = (2,16,3), (3,32,3), (2,64,5), (5,16,7), T=64, the
-   convolution FLOPs of the generation rollout (M realizations, useful slots only) per second of it, divided
-   by a same-process reference: a 2048^3 GEMM run as a 1x1 oneDNN convolution. Next to it, the ceilings
-   the same ratio would reach if the step were only (a) its convolutions at the canonical batch (inputs
-   pre-padded) or (b) those plus the noise draws as the engine makes them; a missed target names the
-   first ceiling below it as the bound it hits (else "the rest of the step": pads, norm, activation,
-   update, F0 and digests).
+1. Generation throughput of a group of operators, ``run_rollout`` (inline F0 + digests) for each:
+   - *per-realization, one operator after another*: the engine before the batched default, each
+     operator's realizations spread over the W single-threaded lanes (what ``roll_out`` ran);
+   - *batched, W operators at once*: what ``roll_out`` runs now (each operator's rollout on one
+     single-threaded worker, ``lanes.map_on_workers``);
+   - *per-realization, W operators at once*: the same scheduling without batching (what the gain is from);
+   over (i) operators 0..15 of the default space and (ii) its 4 smallest architectures; ratio = time of
+   the first / time of the second (targets 1.5 and 2). Ceilings, the same ratio if each operator's work
+   were only (a) its convolutions at the canonical batch (inputs pre-padded), (b) those plus its noise
+   draws, (c) those plus the F0 rows and digests of its states, run W operators at once like the engine:
+   a missed target names the first ceiling below it as the bound it hits.
+2. Conv efficiency: for (layers, width, kernel) = (2,16,3), (3,32,3), (2,64,5), (5,16,7), T=64, W
+   operators of that architecture rolled out at once as generation runs them: the convolution FLOPs (M
+   realizations, useful slots only) per second, divided by a same-process reference: a 2048^3 GEMM run as
+   a 1x1 oneDNN convolution on W threads. Next to it the per-realization engine (one operator, its lanes)
+   and the ceilings (a) and (b) of section 1, W at once.
 
 The load average and an available-parallelism probe (2 threads vs 1 on the same work; 2.0 means both cores
-were ours) are printed: OpenMP intra-op threads collapse when other processes hold the cores, so figures
-taken under load are not the engine's.
+were ours) are printed: figures taken under load are not the engine's.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from collections import defaultdict
@@ -50,9 +55,11 @@ from _common import (  # noqa: E402
     timed,
 )
 
-from spinlock_assets.core.batching import BatchedSteps, formulation  # noqa: E402
+from spinlock_assets.core.batching import BatchedSteps, formulation, one_intra_op_thread  # noqa: E402
+from spinlock_assets.core.features.base import step_features  # noqa: E402
 from spinlock_assets.core.fingerprint import execution_fingerprint  # noqa: E402
-from spinlock_assets.core.rollout import run_rollout  # noqa: E402
+from spinlock_assets.core.lanes import map_on_workers  # noqa: E402
+from spinlock_assets.core.rollout import FEATURE_CHUNK_ELEMENTS, operators_at_once, run_rollout  # noqa: E402
 
 GRID, CHANNELS, REALIZATIONS = 64, 3, 5
 ARCHITECTURES = [(2, 16, 3), (3, 32, 3), (2, 64, 5), (5, 16, 7)]
@@ -60,12 +67,25 @@ CONV_TARGETS = {(2, 16, 3): 0.16, (3, 32, 3): 0.53, (2, 64, 5): 0.75, (5, 16, 7)
 GEMM_SIZE = 2048
 
 
-def generation(case: Case, steps: int, formulation: str) -> Callable:
-    """``run_rollout`` of ``case`` in ``formulation``."""
-    ic = torch.as_tensor(case.initial_condition)
-    return lambda: run_rollout(
-        case.operator, ic, steps=steps, noise_seeds=case.noise_seeds, formulation=formulation
+def generation(steps: int, formulation: str) -> Callable[[Case], object]:
+    """``run_rollout`` of a case in ``formulation``."""
+    return lambda case: run_rollout(
+        case.operator,
+        torch.as_tensor(case.initial_condition),
+        steps=steps,
+        noise_seeds=case.noise_seeds,
+        formulation=formulation,
     )
+
+
+def one_after_another(fn: Callable[[Case], object], cases: list[Case]) -> Callable[[], None]:
+    return lambda: [fn(case) for case in cases]
+
+
+def at_once(fn: Callable[[Case], object], cases: list[Case]) -> Callable[[], None]:
+    """``fn`` of every case, ``operators_at_once()`` cases at a time on single-threaded workers (as
+    ``roll_out`` schedules operators)."""
+    return lambda: list(map_on_workers(fn, cases, workers=operators_at_once()))
 
 
 def gemm_reference_gflops(repeats: int) -> float:
@@ -77,30 +97,40 @@ def gemm_reference_gflops(repeats: int) -> float:
     return 2.0 * GEMM_SIZE**3 / median([timed(lambda: F.conv2d(x, w)) for _ in range(repeats)]) / 1e9
 
 
-def ceilings(case: Case, steps: int) -> tuple[Callable, Callable]:
-    """(a) the operator's convolutions alone, as the batched engine runs them (canonical batch, inputs
-    pre-padded, T-1 steps); (b) the same plus the engine's noise draws."""
-    c, h, w = case.initial_condition.shape
-    engine = BatchedSteps(case.operator, case.noise_seeds, h, w)
-    generator = torch.Generator().manual_seed(0)
-    pad = case.hp.kernel_size - 1
-    inputs = [
-        torch.randn(engine.slots, wt.shape[1], h + pad, w + pad, generator=generator)
-        for wt in case.operator.weights
-    ]
+CEILINGS = ("convs", "convs + noise", "convs + noise + F0 + digests")
 
-    def convs() -> None:
-        for _ in range(steps - 1):
-            for layer, x in enumerate(inputs):
-                engine._convolve(layer, x)
 
-    def convs_and_noise() -> None:
-        for _ in range(steps - 1):
-            engine.draw_noise()
-            for layer, x in enumerate(inputs):
-                engine._convolve(layer, x)
+def ceiling_work(steps: int, parts: str) -> Callable[[Case], None]:
+    """A case's rollout reduced to ``parts`` (one of ``CEILINGS``): its convolutions as the batched engine
+    runs them (canonical batch, inputs pre-padded, T-1 steps), optionally its noise draws, optionally the
+    F0 rows and digests of T states (random ones), on the calling thread's single intra-op thread."""
 
-    return convs, convs_and_noise
+    def work(case: Case) -> None:
+        c, h, w = case.initial_condition.shape
+        engine = BatchedSteps(case.operator, case.noise_seeds, h, w)
+        generator = torch.Generator().manual_seed(0)
+        pad = case.hp.kernel_size - 1
+        inputs = [
+            torch.randn(engine.slots, wt.shape[1], h + pad, w + pad, generator=generator)
+            for wt in case.operator.weights
+        ]
+        state = torch.randn(len(case.noise_seeds), c, h, w, generator=generator)
+        hashes = [hashlib.sha256() for _ in case.noise_seeds]
+        chunk = max(1, FEATURE_CHUNK_ELEMENTS // state.numel())
+        with one_intra_op_thread():
+            for t in range(steps):
+                if t:
+                    if parts != "convs":
+                        engine.draw_noise()
+                    for layer, x in enumerate(inputs):
+                        engine._convolve(layer, x)
+                if parts == CEILINGS[2]:
+                    for m, h_m in enumerate(hashes):
+                        h_m.update(state[m].numpy().data)
+                    if t % chunk == 0:
+                        step_features(state.expand(chunk, *state.shape).reshape(-1, c, h, w))
+
+    return work
 
 
 def timed_medians(fns: dict[str, dict[str, Callable]], repeats: int) -> dict[str, dict[str, float]]:
@@ -117,37 +147,49 @@ def timed_medians(fns: dict[str, dict[str, Callable]], repeats: int) -> dict[str
 
 
 def throughput(sample: list[Case], small: list[Case], steps: int, repeats: int) -> None:
+    groups = {f"(i) {len(sample)} sampled": (sample, 1.5), f"(ii) {len(small)} smallest": (small, 2.0)}
     fns = {}
-    for case in sample + small:
-        fns[case.label] = {f: generation(case, steps, f) for f in ("batched", "per_realization")}
-    medians = timed_medians(fns, repeats)
-    print(f"{'operator':9} {'architecture':26} {'batched s':>10} {'batch-1 s':>10} {'ratio':>6}")
-    for case in sample + small:
-        m = medians[case.label]
-        ratio = m["per_realization"] / m["batched"]
-        seconds = f"{m['batched']:10.3f} {m['per_realization']:10.3f}"
-        print(f"{case.label:9} {case.architecture:26} {seconds} {ratio:6.2f}")
-    for name, group, target in (("(i) 16 sampled", sample, 1.5), ("(ii) 4 smallest", small, 2.0)):
-        if not group:
+    for name, (cases, _) in groups.items():
+        if not cases:
             continue
-        batched = sum(medians[c.label]["batched"] for c in group)
-        single = sum(medians[c.label]["per_realization"] for c in group)
-        print(
-            f"{name}: batched {batched:.3f} s, batch-1 {single:.3f} s, "
-            f"throughput ratio {single / batched:.2f} (target {target})"
-        )
+        fns[name] = {
+            "per-realization, one after another": one_after_another(
+                generation(steps, "per_realization"), cases
+            ),
+            "batched, at once": at_once(generation(steps, "batched"), cases),
+            "per-realization, at once": at_once(generation(steps, "per_realization"), cases),
+            **{parts: at_once(ceiling_work(steps, parts), cases) for parts in CEILINGS},
+        }
+    medians = timed_medians(fns, repeats)
+    for name, (cases, target) in groups.items():
+        if not cases:
+            continue
+        m = medians[name]
+        before = m["per-realization, one after another"]
+        print(f"{name} ({len(cases)} operators; seconds, and ratio = {before:.3f} s / seconds)")
+        for measure, seconds in m.items():
+            print(f"  {measure:36} {seconds:8.3f} s  {before / seconds:5.2f}")
+        ratio = before / m["batched, at once"]
+        line = f"  throughput ratio {ratio:.2f} (target {target})"
+        if ratio < target:
+            bound = next((p for p in CEILINGS if before / m[p] < target), None)
+            line += f": missed; bound: {bound} (ceiling {before / m[bound]:.2f})" if bound else (
+                ": missed; bound: the rest of the step (pads, norm, activation, update)"
+            )
+        print(line)
 
 
 def conv_efficiency(steps: int, repeats: int) -> None:
     cases = architecture_cases(ARCHITECTURES, channels=CHANNELS, grid=GRID, realizations=REALIZATIONS)
+    copies = operators_at_once()
     fns = {}
     for case in cases:
-        convs, convs_and_noise = ceilings(case, steps)
+        group = [case] * copies
         fns[case.label] = {
-            "batched": generation(case, steps, "batched"),
-            "per_realization": generation(case, steps, "per_realization"),
-            "convs": convs,
-            "convs + noise": convs_and_noise,
+            "batched": at_once(generation(steps, "batched"), group),
+            "per_realization": one_after_another(generation(steps, "per_realization"), [case]),
+            "convs": at_once(ceiling_work(steps, CEILINGS[0]), group),
+            "convs + noise": at_once(ceiling_work(steps, CEILINGS[1]), group),
         }
     reference = [gemm_reference_gflops(repeats)]
     medians = timed_medians(fns, repeats)
@@ -158,12 +200,15 @@ def conv_efficiency(steps: int, repeats: int) -> None:
     )
     print(
         f"{'architecture':13} {'target':>6} {'batched':>8} {'batch-1':>8} {'convs':>6} {'+noise':>7}  "
-        "(conv GFLOP/s of the rollout / GEMM reference; ceilings: convs alone, convs + noise)"
+        f"(conv GFLOP/s / GEMM reference; batched and ceilings: {copies} operators at once)"
     )
     for case, shape in zip(cases, ARCHITECTURES, strict=True):
         flops = case.conv_flops_per_step() * (steps - 1)
         m = medians[case.label]
-        ratio = {name: flops / seconds / 1e9 / gemm for name, seconds in m.items()}
+        ratio = {
+            name: flops * (1 if name == "per_realization" else copies) / seconds / 1e9 / gemm
+            for name, seconds in m.items()
+        }
         target = CONV_TARGETS[shape]
         line = (
             f"{case.label:13} {target:6.2f} {ratio['batched']:8.3f} {ratio['per_realization']:8.3f} "
@@ -201,7 +246,7 @@ def main() -> None:
     started = time.perf_counter()
     setting = f"{GRID}x{GRID}, C={CHANNELS}, M={REALIZATIONS}"
     if args.section in ("all", "throughput"):
-        print(f"\n== 1. Generation throughput, batched vs batch-1 ({setting}, T={args.steps})")
+        print(f"\n== 1. Generation throughput, batched vs per-realization ({setting}, T={args.steps})")
         sample = sampled_cases(args.operators, channels=CHANNELS, grid=GRID, realizations=REALIZATIONS)
         small = smallest_cases(channels=CHANNELS, grid=GRID, realizations=REALIZATIONS)
         throughput(sample, small, args.steps, args.repeats)
