@@ -61,8 +61,9 @@ def extract_families(
     same_fingerprint: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Extraction:
-    """Compute ``families`` for ``records`` (operators built by ``build_operator`` on ``device``); raises :class:`ReplayMismatchError` naming the operators
-    whose replay is not exact (or, under another fingerprint, not within tolerance)."""
+    """Compute ``families`` for ``records`` (operators built by ``build_operator`` on ``device``); raises
+    :class:`ReplayMismatchError` naming the operators whose replay is not exact (or, under another
+    fingerprint, not within tolerance)."""
     from .generation import roll_out
 
     needs = {family.needs for family in families}

@@ -3,14 +3,14 @@
 Measured here (torch 2.13 CPU, oneDNN, MKL): a single-threaded convolution's bits are identical across
 processes, and at a fixed batch size across neighbours and slots, but not across batch sizes for every
 shape, and MKL's matrix products (the narrow output layers) give other bits on other intra-op thread
-counts (so the engine computes every rollout on one thread per batch or realization); they change with the CPU capability torch dispatches to (``ATEN_CPU_CAPABILITY``) and with oneDNN
-disabled. On CUDA they depend on the GPU model and the library versions. The engine's formulation is
-recorded too (``formulation``: ``batched-<canonical batch>`` on the CPU, plus any layer shape whose
-start-up check fell back to batch-1 convolutions, see ``core/batching.py``; ``per_realization`` on CUDA), so
-data made under different formulations never compares as
-the same fingerprint. Replay under the same fingerprint must reproduce a
-digest exactly; under another one verification classifies the result instead of passing or failing
-silently.
+counts (so the engine computes every rollout on one thread per batch or realization); they change with
+the CPU capability torch dispatches to (``ATEN_CPU_CAPABILITY``) and with oneDNN disabled. On CUDA they
+depend on the GPU model and the library versions. The engine's formulation is recorded too
+(``formulation``: ``batched-<canonical batch>`` on the CPU, plus any layer shape whose start-up check fell
+back to batch-1 convolutions, see ``core/batching.py``; ``per_realization`` on CUDA), so data made under
+different formulations never compares as the same fingerprint. Replay under the same fingerprint must
+reproduce a digest exactly; under another one verification classifies the result instead of passing or
+failing silently.
 """
 
 from __future__ import annotations

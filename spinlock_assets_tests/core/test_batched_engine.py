@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spinlock_assets.core import batching, lanes
+from spinlock_assets.core import batching
 from spinlock_assets.core.batching import (
     CANONICAL_BATCH,
     BatchedSteps,
