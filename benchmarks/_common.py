@@ -108,17 +108,22 @@ def architecture_cases(
     return cases
 
 
-def rollout_measures(case: Case, steps: int) -> tuple[Callable[[], None], Callable[[], object]]:
+def rollout_measures(
+    case: Case, steps: int, formulation: str = "per_realization"
+) -> tuple[Callable[[], None], Callable[[], object]]:
     """(a) the bare rollout (``iterate_rollout`` consumed) and (b) the generation rollout (``run_rollout``:
-    inline F0 + digests) of ``case``, as callables."""
+    inline F0 + digests) of ``case`` in ``formulation``, as callables. The default is the per-realization
+    engine (CUDA's engine, and the CPU's before ENGINE_VERSION 3.0.0), the one whose batch-1 structure
+    ``conv_bound`` mirrors; the CPU's batched default is measured by ``bench_engine.py``."""
     ic = torch.as_tensor(case.initial_condition)
+    seeds = case.noise_seeds
 
     def bare() -> None:
-        for _ in iterate_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds):
+        for _ in iterate_rollout(case.operator, ic, steps=steps, noise_seeds=seeds, formulation=formulation):
             pass
 
     def generation() -> object:
-        return run_rollout(case.operator, ic, steps=steps, noise_seeds=case.noise_seeds)
+        return run_rollout(case.operator, ic, steps=steps, noise_seeds=seeds, formulation=formulation)
 
     return bare, generation
 

@@ -1,4 +1,6 @@
-"""Rollout efficiency against the conv-only lower bound, and a profile breakdown.
+"""Rollout efficiency of the per-realization engine (CUDA's; the CPU default before ENGINE_VERSION 3.0.0)
+against the conv-only lower bound of its batch-1 structure, and a profile breakdown. The CPU's batched
+default is measured against its own ceilings by ``bench_engine.py``.
 
     python benchmarks/bench_rollout.py            # full run (about 10-20 minutes on the 2-core machine)
     python benchmarks/bench_rollout.py --quick    # smoke run: fewer operators and steps
