@@ -43,7 +43,8 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,7 @@ from .operator import StochasticCNN, conv_layer
 __all__ = [
     "CANONICAL_BATCH",
     "BatchedSteps",
+    "NoiseAhead",
     "batch_invariant",
     "canonical_batch",
     "formulation",
@@ -188,20 +190,25 @@ class BatchedSteps:
         x[: self.n_realizations] = first
         return x
 
-    def advance(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        """One step of every realization: slots ``x`` ``[S, C, H, W]`` -> ``out`` (same shape)."""
+    def advance(self, x: torch.Tensor, out: torch.Tensor, noise: list[torch.Tensor] | None = None) -> None:
+        """One step of every realization: slots ``x`` ``[S, C, H, W]`` -> ``out`` (same shape). ``noise``:
+        this step's noise buffers, already drawn (:class:`NoiseAhead`); by default drawn here."""
         with one_intra_op_thread():
-            self.draw_noise()
+            if noise is None:
+                noise = self.draw_noise()
             operator = self.operator
-            o = operator.apply(x, lambda layer, like: self.noise[layer], convolve=self._convolve)
+            o = operator.apply(x, lambda layer, like: noise[layer], convolve=self._convolve)
             operator.update(x, o, out=out)
             out[self.n_realizations :] = 0
 
-    def draw_noise(self) -> None:
-        """Fill this step's noise buffers: per realization, layer 0, 1, ... as ``GeneratorNoise`` does."""
+    def draw_noise(self, buffers: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Fill one step's noise buffers (``self.noise`` by default; unused slots stay zero): per realization,
+        layer 0, 1, ... as ``GeneratorNoise`` does. Returns them."""
+        buffers = self.noise if buffers is None else buffers
         for m, generator in enumerate(self.generators):
-            for layer_noise in self.noise:
+            for layer_noise in buffers:
                 layer_noise[m].normal_(generator=generator)
+        return buffers
 
     def _convolve(self, layer: int, padded: torch.Tensor) -> torch.Tensor:
         """Convolution ``layer`` of the padded slots ``[S, in, H+k-1, W+k-1]``, chunk by chunk of the
@@ -217,3 +224,39 @@ class BatchedSteps:
             single = [self.operator.convolve(layer, chunk[b : b + 1].clone()) for b in range(active)]
             outputs.append(F.pad(torch.cat(single), (0, 0, 0, 0, 0, 0, 0, self.batch - active)))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+class NoiseAhead:
+    """Draws the next step's noise on a worker while this step computes: for a rollout on a thread with
+    spare intra-op threads (a lone rollout; within ``roll_out`` every worker is busy with an operator).
+
+    The draws are the ones :meth:`BatchedSteps.draw_noise` makes, in the same order from the same
+    generators (one step's draws finish before the next step's start, and only one thread uses the
+    generators at a time), into two alternating buffer sets: the bits do not change, only when the numbers
+    are drawn. ``steps`` draws are made, no more (a generator is never advanced past the rollout's end).
+    """
+
+    def __init__(
+        self, engine: BatchedSteps, steps: int, submit: Callable[[Callable[[], object]], Future]
+    ) -> None:
+        self.engine, self.submit, self.remaining = engine, submit, steps
+        self.buffers = [engine.noise, [torch.zeros_like(b) for b in engine.noise]]
+        self.pending: Future | None = None
+        self.pending_index = 0
+        self._draw_next(0)
+
+    def _draw_next(self, index: int) -> None:
+        if self.remaining == 0:
+            self.pending = None
+            return
+        self.remaining -= 1
+        buffers = self.buffers[index]
+        self.pending, self.pending_index = self.submit(lambda: self.engine.draw_noise(buffers)), index
+
+    def take(self) -> list[torch.Tensor]:
+        """This step's noise buffers (once drawn); starts the next step's draws into the other set."""
+        if self.pending is None:
+            raise RuntimeError("every step's noise has been taken")
+        buffers, index = self.pending.result(), self.pending_index
+        self._draw_next(1 - index)
+        return buffers

@@ -240,7 +240,7 @@ def _generate_and_verify(defs: Any, dataset: Any, args: argparse.Namespace) -> i
             print(f"{PROG}: dataset.h5: FAILED: {_run_error(result)}", file=sys.stderr)
             return 1
 
-    from spinlock_assets.core.verification import verify
+    from spinlock_assets.core.verification import verify_records
     from spinlock_assets.storage.reader import open_dataset
 
     path = Path(dataset.data_root) / DATASET_FILE
@@ -248,7 +248,8 @@ def _generate_and_verify(defs: Any, dataset: Any, args: argparse.Namespace) -> i
         sample = np.random.default_rng(0).choice(
             spec.n_operators, size=min(args.verify_sample, spec.n_operators), replace=False
         )
-        statuses = {int(i): verify(reader.operator(int(i))).status for i in sorted(sample)}
+        records = [reader.operator(int(i)) for i in sorted(sample)]
+        statuses = {v.operator_index: v.status for v in verify_records(records)}
     exact = sum(status == "exact" for status in statuses.values())
     print(f"replayed {len(statuses)} operators from dataset.h5 alone: {exact} bit-exact {statuses}")
     print(f"\ndone in {time.perf_counter() - started:.0f} s")

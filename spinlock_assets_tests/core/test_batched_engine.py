@@ -16,10 +16,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spinlock_assets.core import batching
+from spinlock_assets.core import batching, lanes
 from spinlock_assets.core.batching import (
     CANONICAL_BATCH,
     BatchedSteps,
+    NoiseAhead,
     batch_invariant,
     canonical_batch,
     one_intra_op_thread,
@@ -179,6 +180,29 @@ def test_noise_slots_hold_each_realizations_generator_noise():
                 assert torch.equal(buffer[m], reference(layer, buffer[m : m + 1])[0])
             assert not buffer[len(seeds) :].any()
         x = out
+
+
+def test_noise_drawn_ahead_on_a_worker_is_the_noise_drawn_in_place_and_stops_at_the_last_step():
+    """``NoiseAhead`` (a lone rollout on spare threads): the same numbers per step and layer as drawing in
+    place, alternating buffer sets, and exactly ``steps`` draws (the generators end where they would)."""
+    hp = dataclasses.replace(SMALL, n_layers=4)
+    operator = build_operator(hp, channels=3, weight_seed=3)
+    seeds, steps = [5, 6, 7], 4
+    in_place = BatchedSteps(operator, seeds, 16, 16)
+    ahead_engine = BatchedSteps(operator, seeds, 16, 16)
+    pool = lanes.worker_pool(2)
+    ahead = NoiseAhead(ahead_engine, steps, lambda draw: lanes.submit_for_result(pool, draw))
+    taken = []
+    for _ in range(steps):
+        expected = [b.clone() for b in in_place.draw_noise()]
+        buffers = ahead.take()
+        assert all(torch.equal(a, b) for a, b in zip(buffers, expected, strict=True))
+        taken.append(buffers)
+    assert taken[0] is not taken[1] and taken[0] is taken[2]
+    with pytest.raises(RuntimeError, match="taken"):
+        ahead.take()
+    for generator, reference in zip(ahead_engine.generators, in_place.generators, strict=True):
+        assert torch.equal(generator.get_state(), reference.get_state())
 
 
 # ---- whole rollouts ---------------------------------------------------------------------------------
