@@ -28,14 +28,15 @@ MKL's matrix products in the narrow layers round differently on other thread cou
 layer changed digests between 1, 2 and 3 threads when the step ran on them), so a step on the caller's
 threads would give a Celery worker on one thread and a notebook on two different bits. The cores are used
 across operators instead (``rollout.operators_at_once``). The noise draws (``normal_`` with a generator is
-single-threaded) run on that thread too, one realization after another.
+single-threaded) run on that thread too, one realization after another; a lone rollout on a thread with
+spare intra-op threads draws them one step ahead on a worker instead (:class:`NoiseAhead`, same numbers).
 
 Throughput on this 2-core CPU (``benchmarks/bench_engine.py``): single-threaded, a batch of 5 convolves
 little faster per sample than batch 1 does (oneDNN's batch-1 kernels already keep one core busy on these
-shapes), so the gain over the per-realization engine is the rest of the step done once per batch: 1.07x
-over the 16 sampled operators, 1.19x on the 4 smallest (targets 1.5x and 2x). The ceiling on these cores,
-with convolutions at the canonical batch and the noise draws alone (nothing else of the step), is 1.33x
-over the sample: the noise, part of each operator's definition, costs 17-35% of a step.
+shapes), so the gain over the per-realization engine is the rest of the step done once per batch:
+1.04-1.06x over the 16 sampled operators, 1.30-1.40x on the 4 smallest (targets 1.5x and 2x). The ceiling on
+these cores, with convolutions at the canonical batch and the noise draws alone (nothing else of the step), is
+1.36x over the sample: the noise, part of each operator's definition, costs 17-35% of a step.
 """
 
 from __future__ import annotations

@@ -85,8 +85,8 @@ FORMULATIONS = ("batched", "per_realization")
 
 
 def default_formulation(device: str | torch.device = "cpu") -> str:
-    """``"batched"`` on the CPU (1.07x the per-realization engine's generation throughput over the
-    benchmark's 16 sampled operators, 1.19x on the 4 smallest; ``benchmarks/bench_engine.py``),
+    """``"batched"`` on the CPU (1.04-1.06x the per-realization engine's generation throughput over the
+    benchmark's 16 sampled operators, 1.30-1.40x on the 4 smallest; ``benchmarks/bench_engine.py``),
     ``"per_realization"`` elsewhere (CUDA has no batch-invariant batched step)."""
     return "batched" if torch.device(device).type == "cpu" else "per_realization"
 
