@@ -30,6 +30,7 @@ STATE_FILE = "cluster.json"
 CELERY_APP = "spinlock_assets.cluster.celery_app"
 STARTUP_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
+GRPC_SHUTDOWN_GRACE_S = 10  # well inside STOP_TIMEOUT_S
 WORKER_READY = b" ready."  # Celery's log line once the worker consumes from its queues
 
 
@@ -88,6 +89,9 @@ class Deployment:
             "SPINLOCK_DATA_ROOT": self.data_root or str(self.directory / "data"),
             **({"SPINLOCK_SPEC": self.spec} if self.spec else {}),
             "PYTHONUNBUFFERED": "1",
+            # A SIGTERM'd code server waits for in-flight gRPC calls up to this long (Dagster's default is
+            # 60 s, longer than `down` waits before SIGKILL; seen in CI after the PostgreSQL outage test).
+            "DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD": str(GRPC_SHUTDOWN_GRACE_S),
         }
 
     def save(self) -> None:
