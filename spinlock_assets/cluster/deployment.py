@@ -30,7 +30,6 @@ STATE_FILE = "cluster.json"
 CELERY_APP = "spinlock_assets.cluster.celery_app"
 STARTUP_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
-GRPC_SHUTDOWN_GRACE_S = 10  # well inside STOP_TIMEOUT_S
 WORKER_READY = b" ready."  # Celery's log line once the worker consumes from its queues
 
 
@@ -89,9 +88,6 @@ class Deployment:
             "SPINLOCK_DATA_ROOT": self.data_root or str(self.directory / "data"),
             **({"SPINLOCK_SPEC": self.spec} if self.spec else {}),
             "PYTHONUNBUFFERED": "1",
-            # A SIGTERM'd code server waits for in-flight gRPC calls up to this long (Dagster's default is
-            # 60 s, longer than `down` waits before SIGKILL; seen in CI after the PostgreSQL outage test).
-            "DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD": str(GRPC_SHUTDOWN_GRACE_S),
         }
 
     def save(self) -> None:
@@ -109,11 +105,12 @@ class Deployment:
     # -- processes --------------------------------------------------------------------------------
 
     def start_process(self, name: str, command: list[str], env: Mapping[str, str] | None = None) -> int:
-        """Start ``command`` in its own session (stopped as a group), logging to ``logs/<name>.log``."""
+        """Start ``command`` in its own session (stopped as a group), logging to ``logs/<name>.log``, with
+        SIGINT at its default disposition (:func:`with_sigint_restored`)."""
         self.log_path(name).parent.mkdir(parents=True, exist_ok=True)
         with self.log_path(name).open("ab") as log:
             process = subprocess.Popen(
-                command,
+                with_sigint_restored(command),
                 cwd=self.directory,
                 env={**self.environment(), **(env or {})},
                 stdin=subprocess.DEVNULL,
@@ -204,6 +201,21 @@ class Deployment:
         return f"--- last {lines} lines of {self.log_path(name)} ---\n" + "\n".join(
             text.splitlines()[-lines:]
         )
+
+
+# Dagster's processes handle SIGTERM with their SIGINT handler. A SIGINT ignored by inheritance (a shell's
+# background job without job control, ``nohup``: ``scripts/cluster.sh up &``) stays ignored across exec, and
+# then so does SIGTERM: such a deployment would ignore ``down`` until SIGKILL. Restore, then exec.
+_RESTORE_SIGINT_AND_EXEC = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+def with_sigint_restored(command: list[str]) -> list[str]:
+    """``command`` as a command line that first restores SIGINT's default disposition, then execs it (the
+    process keeps its pid, so its session and ``down`` are unchanged)."""
+    return [sys.executable, "-c", _RESTORE_SIGINT_AND_EXEC, *command]
 
 
 def session_processes(session: int) -> list[tuple[int, str]]:

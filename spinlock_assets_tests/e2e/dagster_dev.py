@@ -46,7 +46,7 @@ from gql.transport.exceptions import TransportError
 from gql.transport.requests import RequestsHTTPTransport
 
 from spinlock_assets.cluster.client import GraphQLError, launch_backfill
-from spinlock_assets.cluster.deployment import session_processes
+from spinlock_assets.cluster.deployment import session_processes, with_sigint_restored
 
 __all__ = [
     "ASSET_JOB",
@@ -72,14 +72,6 @@ BACKFILL_DONE = frozenset({"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED",
 RUN_DONE = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 
 T = TypeVar("T")
-
-# dagster dev handles SIGTERM with its SIGINT handler. A SIGINT ignored by inheritance (pytest run from
-# a shell without job control, nohup) is still ignored after exec, and then so is SIGTERM: restore
-# the default disposition, then exec the real command line.
-_RESTORE_SIGINT_AND_EXEC = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-)
 
 _WORKSPACE = """
 query {
@@ -202,7 +194,9 @@ class DagsterDev:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        command = [sys.executable, "-c", _RESTORE_SIGINT_AND_EXEC, "-m", "dagster", "dev"]
+        # dagster dev handles SIGTERM with its SIGINT handler, which a pytest started in the background
+        # inherits ignored: restore it (as the cluster deployment does for each of its processes).
+        command = with_sigint_restored([sys.executable, "-m", "dagster", "dev"])
         command += ["-w", str(WORKSPACE)]
         command += ["-h", HOST, "-p", str(port)]
         log_file = log_path.open("wb")
