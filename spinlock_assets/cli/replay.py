@@ -65,7 +65,7 @@ class Replayer:
 
         reads = (self._read(reader, index, problems.get(index, [])) for index in indices.tolist())
         verified = map_on_workers(
-            lambda read: self._verified(read)[1], reads, workers=operators_at_once(self.device)
+            lambda read: self._verified(read)[1], reads, workers=operators_at_once(self.device, len(indices))
         )
         results = []
         # Closed before an error propagates, so its message does not land at the end of the redrawn bar.

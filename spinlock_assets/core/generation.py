@@ -121,8 +121,8 @@ def roll_out(
     rebuilds its own on ``device``.
 
     On the CPU, several operators roll out at once (:func:`.rollout.operators_at_once`), each on a worker
-    with one intra-op thread: a rollout's bits are the same on any thread count, so this changes only the
-    time it takes."""
+    with one intra-op thread (a lone one on the calling thread): a rollout's bits are the same on any thread
+    count, so this changes only the time it takes."""
     from .fingerprint import configure_determinism
     from .lanes import map_on_workers
     from .rollout import operators_at_once, run_rollout
@@ -141,7 +141,9 @@ def roll_out(
         )
 
     jobs = ((record, build(record)) for record in records)
-    for done, result in enumerate(map_on_workers(rollout, jobs, workers=operators_at_once(device)), start=1):
+    for done, result in enumerate(
+        map_on_workers(rollout, jobs, workers=operators_at_once(device, len(records))), start=1
+    ):
         yield result
         if progress is not None:
             progress(done, len(records))

@@ -91,12 +91,14 @@ def default_formulation(device: str | torch.device = "cpu") -> str:
     return "batched" if torch.device(device).type == "cpu" else "per_realization"
 
 
-def operators_at_once(device: str | torch.device = "cpu") -> int:
-    """How many operators :func:`~spinlock_assets.core.generation.roll_out` rolls out at once: on the CPU
-    ``torch.get_num_threads()``, each on a worker with one intra-op thread (both formulations compute on one
-    thread per realization or per batch, so bits do not change; only the parallelism moves from within an
-    operator to across operators); one on other devices."""
-    return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+def operators_at_once(device: str | torch.device = "cpu", n_operators: int | None = None) -> int:
+    """How many of ``n_operators`` operators :func:`~spinlock_assets.core.generation.roll_out` rolls out at
+    once: on the CPU ``torch.get_num_threads()``, each on a worker with one intra-op thread (both
+    formulations compute on one thread per realization or per batch, so bits do not change; only the
+    parallelism moves from within an operator to across operators); one on other devices, and for a lone
+    operator (which then rolls out on the calling thread, its spare threads helping it)."""
+    at_once = torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+    return at_once if n_operators is None else min(at_once, n_operators)
 
 
 def _advance_all(lanes: list[Lane], states: torch.Tensor, out: torch.Tensor) -> None:

@@ -300,7 +300,9 @@ def verify_records(
 
     results = []
     jobs = map(fetched, records)
-    for done, result in enumerate(map_on_workers(verified, jobs, workers=operators_at_once(device)), start=1):
+    for done, result in enumerate(
+        map_on_workers(verified, jobs, workers=operators_at_once(device, len(records))), start=1
+    ):
         results.append(result)
         if progress is not None:
             progress(done, len(records))

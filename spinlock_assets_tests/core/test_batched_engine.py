@@ -323,6 +323,8 @@ def test_a_step_leaves_the_callers_thread_count_as_it_was():
 def test_operators_at_once_follows_the_thread_count_on_the_cpu():
     with _threads(3):
         assert operators_at_once("cpu") == 3
+        assert operators_at_once("cpu", 2) == 2
+        assert operators_at_once("cpu", 1) == 1  # a lone operator rolls out on the calling thread
     with _threads(1):
         assert operators_at_once("cpu") == 1
     assert operators_at_once("cuda") == 1
