@@ -193,13 +193,14 @@ def _batched_steps(
     noise is drawn on a worker while the step before computes (``batching.NoiseAhead``; same numbers)."""
     engine = BatchedSteps(operator, noise_seeds, *first.shape[-2:])
     helpers = torch.get_num_threads()
+    ahead = None
     if helpers > 1:
         pool = worker_pool(helpers)
         ahead = NoiseAhead(engine, steps - 1, lambda draw: submit_for_result(pool, draw))
     slots = engine.initial(first)
     for _ in range(1, steps):
         previous, slots = slots, torch.empty_like(slots)
-        engine.advance(previous, slots, ahead.take() if helpers > 1 else None)
+        engine.advance(previous, slots, None if ahead is None else ahead.take())
         state = slots[: len(noise_seeds)]
         if report is not None:
             report.add(state)
